@@ -1,0 +1,125 @@
+"""PuffeRL 3.0.23's learning rule as pure tensor functions (spec: shared/spec/puffer_algorithm.md).
+
+Nothing here knows about environments or Lightning: tensors in, tensors out. Every function is checked
+against pufferlib's own code on identical inputs (tests/test_algorithm_parity.py).
+
+Shapes: S segments x H steps (the rollout buffer), n sampled segments per minibatch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def puff_advantage(
+    values: torch.Tensor,
+    rewards: torch.Tensor,
+    terminals: torch.Tensor,
+    ratio: torch.Tensor,
+    gamma: float,
+    gae_lambda: float,
+    rho_clip: float,
+    c_clip: float,
+) -> torch.Tensor:
+    """V-trace-corrected GAE per segment row, bit for bit ``torch.ops.pufferlib.compute_puff_advantage``.
+
+    Backwards over t = H-2 .. 0 with m = 1 - terminal:
+        delta_t = min(r_t, rho) * (reward_{t+1} + gamma * V_{t+1} * m_{t+1} - V_t)
+        A_t     = delta_t + gamma * lambda * min(r_t, c) * A_{t+1} * m_{t+1}
+    A_{H-1} stays 0 and reward[:, 0] is unused, as in PuffeRL. The kernel works in float32 throughout
+    (gamma and lambda are cast to float first), so we do the same, in the same operation order.
+    """
+    f32 = dict(dtype=torch.float32, device=values.device)
+    gamma_t = torch.tensor(gamma, **f32)
+    gamma_lambda = gamma_t * torch.tensor(gae_lambda, **f32)
+    rho = ratio.clamp(max=rho_clip)
+    c = ratio.clamp(max=c_clip)
+    not_done = 1.0 - terminals
+    advantages = torch.zeros_like(values)
+    last = torch.zeros_like(values[:, 0])
+    for t in range(values.shape[1] - 2, -1, -1):
+        m = not_done[:, t + 1]
+        delta = rho[:, t] * (rewards[:, t + 1] + gamma_t * values[:, t + 1] * m - values[:, t])
+        last = delta + gamma_lambda * c[:, t] * last * m
+        advantages[:, t] = last
+    return advantages
+
+
+def anneal_beta(prio_beta0: float, prio_alpha: float, epoch: int, total_epochs: int) -> float:
+    """Importance-sampling exponent for this epoch. PuffeRL scales the ramp by alpha, so beta ends at
+    beta0 + (1 - beta0) * alpha (0.84 for the seed config), not 1. Reproduced on purpose."""
+    return prio_beta0 + (1 - prio_beta0) * prio_alpha * epoch / total_epochs
+
+
+def segment_probabilities(advantages: torch.Tensor, prio_alpha: float) -> torch.Tensor:
+    """Sampling probability of each segment: (sum_t |A|)^alpha, NaN -> 0, smoothed by 1e-6."""
+    weights = torch.nan_to_num(advantages.abs().sum(dim=1) ** prio_alpha, 0, 0, 0)
+    return (weights + 1e-6) / (weights.sum() + 1e-6)
+
+
+def sample_segments(probs: torch.Tensor, num_segments: int, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw ``num_segments`` rows without replacement; return them and their importance weights [n, 1]
+    ``(S * p_i)^-beta`` (not normalised by the max weight, as in PuffeRL)."""
+    idx = torch.multinomial(probs, num_segments)
+    weights = (probs.shape[0] * probs[idx, None]) ** -beta
+    return idx, weights
+
+
+@dataclass
+class LossConfig:
+    clip_coef: float = 0.2
+    vf_clip_coef: float = 0.2
+    vf_coef: float = 2.0
+    ent_coef: float = 0.01
+
+
+def ppo_loss(
+    new_logprobs: torch.Tensor,
+    entropy: torch.Tensor,
+    new_values: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    old_values: torch.Tensor,
+    advantages: torch.Tensor,
+    prio_weights: torch.Tensor,
+    cfg: LossConfig,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped PPO + clipped value loss on one minibatch, all inputs ``[n, H]`` (weights ``[n, 1]``).
+
+    Returns the scalar loss and detached statistics; ``ratio`` in the statistics is the new importance
+    ratio the caller writes back into the buffer.
+    """
+    logratio = new_logprobs - old_logprobs
+    ratio = logratio.exp()
+    returns = advantages + old_values
+
+    adv = prio_weights * (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
+
+    v_clipped = old_values + (new_values - old_values).clamp(-cfg.vf_clip_coef, cfg.vf_clip_coef)
+    v_loss = 0.5 * torch.max((new_values - returns) ** 2, (v_clipped - returns) ** 2).mean()
+
+    entropy_mean = entropy.mean()
+    loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy_mean
+
+    with torch.no_grad():
+        stats = {
+            "policy_loss": pg_loss.detach(),
+            "value_loss": v_loss.detach(),
+            "entropy": entropy_mean.detach(),
+            "old_approx_kl": (-logratio).mean(),
+            "approx_kl": ((ratio - 1) - logratio).mean(),
+            "clipfrac": ((ratio - 1.0).abs() > cfg.clip_coef).float().mean(),
+            "importance": ratio.mean(),
+            "ratio": ratio.detach(),
+        }
+    return loss, stats
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor) -> torch.Tensor:
+    """1 - Var(R - V) / Var(R); NaN when the returns are constant."""
+    var_r = returns.var()
+    if var_r == 0:
+        return torch.full((), float("nan"), device=returns.device)
+    return 1 - (returns - values).var() / var_r

@@ -1,0 +1,175 @@
+"""RolloutDataModule: the Lightning face of the rollout.
+
+Its train loader is an iterable whose ``__iter__`` runs one epoch: a rollout with the current policy, then
+``update_epochs * batch_size / minibatch_size`` prioritized minibatches, each drawn lazily. The module
+fetches them itself (``training_step(dataloader_iter)``), so Lightning never prefetches a minibatch before
+the previous step has written its ratios and values back. Everything runs in the main process.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import lightning as L
+import torch
+
+from aligner_lightning import algorithm
+from aligner_lightning.envs import BACKENDS, EnvFactory, env_interface, make_vecenv
+from aligner_lightning.errors import raise_if
+from aligner_lightning.missions import make_mission
+from aligner_lightning.rollout import Minibatch, Rollout
+
+
+class RolloutDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        mission: str = "aligner_tutorial",
+        mission_overrides: dict[str, Any] | None = None,
+        num_envs: int = 4,
+        backend: str = "serial",
+        num_workers: int | None = None,
+        env_batch_size: int | None = None,
+        seed: int = 42,
+        seed_stride: int = 1,
+        early_reset: bool = True,
+        bptt_horizon: int = 64,
+        batch_size: int = 4096,
+        minibatch_size: int = 4096,
+        max_minibatch_size: int = 32768,
+        update_epochs: int = 1,
+        reset_lstm_on_done: bool = False,
+        store_initial_state: bool = False,
+    ):
+        """
+        Args:
+            mission: registered mission name (``aligner_lightning.missions.list_missions()``).
+            mission_overrides: validated mission overrides, e.g. ``{max_steps: 500}``.
+            num_envs: envs per rank (each with the mission's agents).
+            backend: ``serial`` (one process), ``multiprocessing``, or ``auto`` (picks from the core count).
+            num_workers: Multiprocessing worker processes; must divide ``num_envs``.
+            env_batch_size: envs per Multiprocessing batch; below ``num_envs`` it overlaps env steps with inference.
+            seed: env seed; env i of rank r uses ``seed + (r * num_envs + i) * seed_stride``.
+            seed_stride: spacing of the per-env seed streams (1 = the tutorial's seeds).
+            early_reset: end each env's first episode at a random step (the tutorial's desynchronisation).
+            bptt_horizon: steps per segment (H).
+            batch_size: agent steps per rank per epoch (B); must be a multiple of H and of agents x H.
+            minibatch_size: agent steps per gradient computation; a multiple of H, at most ``batch_size``.
+            max_minibatch_size: larger minibatches are split into this size and their gradients summed.
+            update_epochs: passes over the buffer per epoch.
+            reset_lstm_on_done: option, off in PuffeRL: zero an agent's LSTM state when its episode ends.
+            store_initial_state: option, off in PuffeRL: replay each segment from its rollout-time LSTM state.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        self.mission_overrides = dict(mission_overrides or {})
+        self.num_envs, self.backend, self.num_workers = num_envs, backend, num_workers
+        self.env_batch_size = env_batch_size
+        self.horizon, self.batch_size = bptt_horizon, batch_size
+        self.minibatch_size, self.max_minibatch_size = minibatch_size, max_minibatch_size
+        self.update_epochs = update_epochs
+        self.factory = EnvFactory(mission, self.mission_overrides, seed, seed_stride, 0, early_reset)
+        self.agents_per_env = make_mission(mission, **self.mission_overrides).game.num_agents
+        self._validate()
+        self.rollout: Rollout | None = None
+        self.env_info = env_interface(self.factory)
+
+    # -- sizes (spec section 1) ----------------------------------------------------------------------------
+    @property
+    def segments(self) -> int:
+        return self.batch_size // self.horizon
+
+    @property
+    def total_agents(self) -> int:
+        return self.num_envs * self.agents_per_env
+
+    @property
+    def accumulation_steps(self) -> int:
+        return max(1, self.minibatch_size // self.max_minibatch_size)
+
+    @property
+    def num_minibatches(self) -> int:
+        return int(self.update_epochs * self.batch_size / min(self.minibatch_size, self.max_minibatch_size))
+
+    @property
+    def minibatch_segments(self) -> int:
+        return min(self.minibatch_size, self.max_minibatch_size) // self.horizon
+
+    def _validate(self) -> None:
+        p: list[str] = []
+        h, b, mb, mmb = self.horizon, self.batch_size, self.minibatch_size, self.max_minibatch_size
+        for name, value in (("num_envs", self.num_envs), ("bptt_horizon", h), ("batch_size", b),
+                            ("minibatch_size", mb), ("max_minibatch_size", mmb), ("update_epochs", self.update_epochs)):
+            if not isinstance(value, int) or value < 1:
+                p.append(f"data.{name}={value!r}: must be a positive integer")
+        if p:
+            raise_if(p)
+        if self.backend not in BACKENDS:
+            p.append(f"data.backend={self.backend!r}: must be one of {', '.join(BACKENDS)}")
+        agents = self.total_agents
+        if b % h:
+            p.append(f"data.batch_size={b}: must be a multiple of data.bptt_horizon={h} (try {max(h, b // h * h)})")
+        elif b < agents * h or (b // h) % agents:
+            p.append(f"data.batch_size={b}: must be a multiple of agents x horizon = {agents} x {h} = {agents * h} "
+                     f"(every agent fills whole segments); try {max(1, b // (agents * h)) * agents * h}")
+        if mb % h:
+            p.append(f"data.minibatch_size={mb}: must be a multiple of data.bptt_horizon={h}")
+        if mb > b:
+            p.append(f"data.minibatch_size={mb}: must be <= data.batch_size={b}")
+        if mb > mmb and mb % mmb:
+            p.append(f"data.minibatch_size={mb}: above data.max_minibatch_size={mmb} it must be a multiple of it")
+        if mmb % h:
+            p.append(f"data.max_minibatch_size={mmb}: must be a multiple of data.bptt_horizon={h}")
+        if self.backend == "multiprocessing":
+            workers = self.num_workers or 1
+            if self.num_envs % workers:
+                p.append(f"data.num_workers={workers}: must divide data.num_envs={self.num_envs}")
+            eb = self.env_batch_size or self.num_envs
+            if eb % (self.num_envs // max(workers, 1)) or self.num_envs % eb:
+                p.append(f"data.env_batch_size={eb}: must divide data.num_envs={self.num_envs} and be a multiple "
+                         f"of envs per worker ({self.num_envs // max(workers, 1)})")
+        raise_if(p)
+
+    # -- Lightning hooks -----------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        if stage != "fit" or self.rollout is not None:
+            return
+        rank = self.trainer.global_rank if self.trainer else 0
+        self.factory.first_env = rank * self.num_envs
+        device = self.trainer.lightning_module.device if self.trainer else torch.device("cpu")
+        vecenv = make_vecenv(self.factory, self.num_envs, self.backend, self.num_workers, self.env_batch_size)
+        self.rollout = Rollout(vecenv, self.segments, self.horizon, device,
+                               self.hparams.store_initial_state, self.hparams.reset_lstm_on_done)
+
+    def teardown(self, stage: str) -> None:
+        if self.rollout is not None:
+            self.rollout.close()
+            self.rollout = None
+
+    def train_dataloader(self) -> "EpochIterable":
+        return EpochIterable(self)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"agent_steps": self.rollout.agent_steps if self.rollout else 0}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.rollout is not None:
+            self.rollout.agent_steps = state.get("agent_steps", 0)
+
+
+class EpochIterable:
+    """One pass = one PuffeRL epoch: the rollout, then the minibatches (drawn lazily)."""
+
+    def __init__(self, dm: RolloutDataModule):
+        self.dm = dm
+
+    def __len__(self) -> int:
+        return self.dm.num_minibatches
+
+    def __iter__(self) -> Iterator[Minibatch]:
+        dm = self.dm
+        module = dm.trainer.lightning_module
+        rollout = dm.rollout
+        module.on_rollout_end(rollout.collect(module.policy))
+        beta = algorithm.anneal_beta(module.algo.prio_beta0, module.algo.prio_alpha,
+                                     module.puffer_epoch, module.total_epochs)
+        yield from rollout.minibatches(dm.num_minibatches, dm.minibatch_segments, module.algo, beta)

@@ -1,0 +1,126 @@
+"""Env factory and PufferLib vector env, seeded per (seed, rank, env index).
+
+Seeding follows the tutorial: env i is reset with ``seed + i`` and its map generator starts at the same
+number; mettagrid then adds one per episode, so with ``seed_stride=1`` env i+1 replays env i's maps one
+episode later (exactly what PuffeRL + the notebook did). ``seed_stride`` > 1 spaces the streams apart.
+Ranks continue the numbering: global env index = rank * num_envs + i, so no two ranks share a stream start.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pufferlib.vector as pvector
+from mettagrid.config.mettagrid_config import MettaGridConfig
+from mettagrid.envs.early_reset_handler import EarlyResetHandler
+from mettagrid.envs.mettagrid_puffer_env import MettaGridPufferEnv
+from mettagrid.mapgen.mapgen import MapGen
+from mettagrid.policy.policy_env_interface import PolicyEnvInterface
+from mettagrid.simulator import Simulator, SimulatorEventHandler
+from pufferlib.pufferlib import set_buffers
+
+from aligner_lightning.missions import make_mission
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("serial", "multiprocessing", "auto")
+
+
+class EpisodeSummary(SimulatorEventHandler):
+    """Puts a flat summary of each finished episode into the env's info dict.
+
+    mettagrid's StatsTracker also dumps the whole config and the timers into every episode's info; the
+    trainer only needs the game stats, the per-agent mean of the agent stats and the return.
+    """
+
+    def on_episode_start(self) -> None:
+        self._sim._context["infos"] = {}
+
+    def on_episode_end(self) -> None:
+        sim = self._sim
+        stats = sim.episode_stats
+        info: dict[str, float] = {f"game/{k}": float(v) for k, v in stats["game"].items()}
+        agents = stats["agent"]
+        totals: dict[str, float] = {}
+        for agent_stats in agents:
+            for k, v in agent_stats.items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+        info.update({f"agent/{k}": v / len(agents) for k, v in totals.items()})
+        info["episode_return"] = float(np.mean(sim.episode_rewards))
+        info["episode_length"] = float(sim.current_step)
+        sim._context["infos"] = info
+
+
+@dataclass
+class EnvFactory:
+    """Picklable env constructor (Multiprocessing workers call it in their own process)."""
+
+    mission: str = "aligner_tutorial"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    seed: int = 42
+    seed_stride: int = 1
+    first_env: int = 0  # global index of this rank's env 0
+    early_reset: bool = True  # end each env's first episode at a random step, as the tutorial did
+
+    def config(self) -> MettaGridConfig:
+        return make_mission(self.mission, **self.overrides)
+
+    def env_seed(self, env_index: int) -> int:
+        return self.seed + (self.first_env + env_index) * self.seed_stride
+
+    def __call__(self, buf: Any = None, seed: int | None = 0) -> MettaGridPufferEnv:
+        cfg = self.config()
+        env_seed = self.env_seed(seed or 0)
+        builder = cfg.game.map_builder
+        if isinstance(builder, MapGen.Config) and "map_seed" not in self.overrides:
+            builder.seed = env_seed
+        simulator = Simulator()
+        simulator.add_event_handler(EpisodeSummary())
+        if self.early_reset:
+            simulator.add_event_handler(EarlyResetHandler())
+        env = MettaGridPufferEnv(simulator, cfg, buf=buf, seed=env_seed)
+        set_buffers(env, buf)
+        return env
+
+
+def env_interface(factory: EnvFactory) -> PolicyEnvInterface:
+    return PolicyEnvInterface.from_mg_cfg(factory.config())
+
+
+def resolve_backend(backend: str, num_envs: int, num_workers: int | None) -> tuple[str, int]:
+    """``auto``: Multiprocessing only with >= 4 cores (its workers busy-wait, which starves torch on fewer)."""
+    if backend != "auto":
+        return backend, num_workers or 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cores < 4 or num_envs < 2:
+        choice = ("serial", 1)
+    else:
+        workers = max(w for w in range(1, min(cores // 2, num_envs) + 1) if num_envs % w == 0)
+        choice = ("multiprocessing", workers)
+    log.info("env backend auto: %d cores, %d envs -> %s with %d worker(s)", cores, num_envs, *choice)
+    return choice
+
+
+def make_vecenv(
+    factory: EnvFactory,
+    num_envs: int,
+    backend: str = "serial",
+    num_workers: int | None = None,
+    env_batch_size: int | None = None,
+):
+    """Serial: all envs stepped in this process. Multiprocessing: ``num_workers`` processes; an
+    ``env_batch_size`` below ``num_envs`` lets env stepping overlap with inference."""
+    backend, workers = resolve_backend(backend, num_envs, num_workers)
+    if backend == "serial":
+        return pvector.make(factory, num_envs=num_envs, backend=pvector.Serial)
+    return pvector.make(
+        factory,
+        num_envs=num_envs,
+        backend=pvector.Multiprocessing,
+        num_workers=workers,
+        batch_size=env_batch_size or num_envs,
+    )

@@ -1,0 +1,281 @@
+"""The LightningModule: owns the policy, the optimizer and the LR schedule; one training_step per minibatch.
+
+Manual optimization, as PuffeRL does it: gradients of ``accumulation_steps`` minibatches are summed, clipped
+to ``max_grad_norm``, and applied with Adam; the cosine schedule steps once per epoch. One Lightning epoch is
+one PuffeRL epoch (a rollout plus its updates), and the run stops once ``total_timesteps`` agent steps (summed
+over ranks) have been collected. Metrics go to the logger against agent steps, not optimizer steps.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Iterator
+
+import lightning as L
+import torch
+import torch.distributed as dist
+
+from aligner_lightning import algorithm
+from aligner_lightning.errors import TrainingDiverged, raise_if
+from aligner_lightning.policy import AlignerPolicy, evaluate_actions
+
+
+@dataclass
+class AlgoConfig:
+    """What the advantage, the sampler and the loss need (the datamodule reads it too)."""
+
+    gamma: float
+    gae_lambda: float
+    vtrace_rho_clip: float
+    vtrace_c_clip: float
+    prio_alpha: float
+    prio_beta0: float
+    clip_coef: float
+    vf_clip_coef: float
+    vf_coef: float
+    ent_coef: float
+
+
+class AlignerPPO(L.LightningModule):
+    def __init__(
+        self,
+        total_timesteps: int = 10_000_000,
+        learning_rate: float = 0.00092,
+        adam_beta1: float = 0.95,
+        adam_beta2: float = 0.999,
+        adam_eps: float = 1e-8,
+        anneal_lr: bool = True,
+        min_lr_ratio: float = 0.0,
+        gamma: float = 0.995,
+        gae_lambda: float = 0.90,
+        clip_coef: float = 0.2,
+        vf_coef: float = 2.0,
+        vf_clip_coef: float = 0.2,
+        max_grad_norm: float = 1.5,
+        ent_coef: float = 0.01,
+        vtrace_rho_clip: float = 1.0,
+        vtrace_c_clip: float = 1.0,
+        prio_alpha: float = 0.8,
+        prio_beta0: float = 0.2,
+        torch_threads: int | None = None,
+    ):
+        """
+        Args:
+            total_timesteps: stop after this many agent steps, summed over all ranks.
+            learning_rate: Adam learning rate at the start of the run.
+            adam_beta1: Adam beta1.
+            adam_beta2: Adam beta2.
+            adam_eps: Adam epsilon.
+            anneal_lr: cosine-anneal the LR over total_timesteps // batch_size epochs.
+            min_lr_ratio: the schedule's floor as a fraction of learning_rate (PuffeRL: 0).
+            gamma: discount.
+            gae_lambda: GAE lambda.
+            clip_coef: PPO ratio clip.
+            vf_coef: value loss weight.
+            vf_clip_coef: value clip around the rollout-time value.
+            max_grad_norm: gradient norm clip.
+            ent_coef: entropy bonus weight.
+            vtrace_rho_clip: V-trace rho clip on the importance ratio.
+            vtrace_c_clip: V-trace c clip on the importance ratio.
+            prio_alpha: prioritized replay exponent on the segment's summed |advantage|.
+            prio_beta0: initial importance-sampling exponent (annealed to beta0 + (1 - beta0) * alpha).
+            torch_threads: torch intra-op threads (None: leave torch's default).
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.algo = AlgoConfig(gamma, gae_lambda, vtrace_rho_clip, vtrace_c_clip, prio_alpha, prio_beta0,
+                               clip_coef, vf_clip_coef, vf_coef, ent_coef)
+        self.loss_cfg = algorithm.LossConfig(clip_coef, vf_clip_coef, vf_coef, ent_coef)
+        self.policy: AlignerPolicy | None = None
+        self.agent_steps = 0  # global (all ranks)
+        self._validate()
+        self._reset_epoch_stats()
+
+    def _validate(self) -> None:
+        hp = self.hparams
+        p = []
+        if hp.total_timesteps < 1:
+            p.append(f"model.total_timesteps={hp.total_timesteps}: must be >= 1")
+        if hp.learning_rate <= 0:
+            p.append(f"model.learning_rate={hp.learning_rate}: must be > 0")
+        if not 0 <= hp.min_lr_ratio <= 1:
+            p.append(f"model.min_lr_ratio={hp.min_lr_ratio}: must be in [0, 1]")
+        for name in ("gamma", "gae_lambda"):
+            if not 0 <= hp[name] <= 1:
+                p.append(f"model.{name}={hp[name]}: must be in [0, 1]")
+        for name in ("clip_coef", "vf_clip_coef", "vf_coef", "max_grad_norm", "ent_coef", "vtrace_rho_clip",
+                     "vtrace_c_clip", "prio_alpha", "prio_beta0"):
+            if hp[name] < 0:
+                p.append(f"model.{name}={hp[name]}: must be >= 0")
+        if hp.torch_threads is not None and hp.torch_threads < 1:
+            p.append(f"model.torch_threads={hp.torch_threads}: must be >= 1 or null")
+        raise_if(p)
+
+    # -- model ---------------------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        if self.policy is None:
+            self.policy = AlignerPolicy.from_env_interface(self.trainer.datamodule.env_info)
+
+    @property
+    def datamodule(self):
+        return self.trainer.datamodule
+
+    @property
+    def global_batch_size(self) -> int:
+        """Agent steps per epoch over all ranks: each rank collects its own ``data.batch_size``."""
+        return self.datamodule.batch_size * self._world_size()
+
+    @property
+    def total_epochs(self) -> int:
+        """The LR schedule's length, as PuffeRL: total_timesteps // batch (at least 1)."""
+        return max(1, self.hparams.total_timesteps // self.global_batch_size)
+
+    @property
+    def puffer_epoch(self) -> int:
+        """PuffeRL's epoch counter: completed epochs. It anneals beta and the LR."""
+        return self.current_epoch
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer = torch.optim.Adam(self.policy.parameters(), lr=hp.learning_rate,
+                                     betas=(hp.adam_beta1, hp.adam_beta2), eps=hp.adam_eps)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=self.total_epochs, eta_min=hp.learning_rate * hp.min_lr_ratio)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    # -- training ------------------------------------------------------------------------------------------
+    def _reset_epoch_stats(self) -> None:
+        self._loss_sums: dict[str, torch.Tensor] = {}
+        self._num_minibatches = 0
+        self._timing: dict[str, float] = {}
+        self._explained_variance = float("nan")
+
+    def on_train_start(self) -> None:
+        if self.hparams.torch_threads:
+            torch.set_num_threads(self.hparams.torch_threads)
+        if self.trainer.max_epochs in (None, -1):  # show "epoch k/N" and stop exactly where PuffeRL would
+            self.trainer.fit_loop.max_epochs = -(-self.hparams.total_timesteps // self.global_batch_size)
+        if self.agent_steps >= self.hparams.total_timesteps:
+            self.trainer.should_stop = True
+
+    def on_train_epoch_start(self) -> None:
+        self._reset_epoch_stats()
+        self._epoch_start = time.perf_counter()
+        self._steps_at_epoch_start = self.datamodule.rollout.agent_steps
+
+    def on_rollout_end(self, timing: dict[str, float]) -> None:
+        """Called by the loader after the rollout, before the first minibatch."""
+        self._timing = dict(timing)
+        self._train_start = time.perf_counter()
+        buf = self.datamodule.rollout.buffer
+        with torch.no_grad():  # the standard explained variance, on the rollout's own values (spec 5)
+            adv = algorithm.puff_advantage(buf.values, buf.rewards, buf.terminals, torch.ones_like(buf.ratio),
+                                           self.algo.gamma, self.algo.gae_lambda, self.algo.vtrace_rho_clip,
+                                           self.algo.vtrace_c_clip)
+            self._explained_variance = float(algorithm.explained_variance(buf.values, adv + buf.values))
+
+    def training_step(self, dataloader_iter: Iterator) -> None:
+        mb, batch_idx, _ = next(dataloader_iter)
+        dm = self.datamodule
+        logits, new_values = self.policy(mb.obs, mb.initial_state)
+        logits, new_values = logits.float(), new_values.float()
+        new_logprobs, entropy = evaluate_actions(logits, mb.actions)
+        loss, stats = algorithm.ppo_loss(new_logprobs, entropy, new_values, mb.logprobs, mb.values,
+                                         mb.advantages, mb.weights, self.loss_cfg)
+        dm.rollout.buffer.write_back(mb.idx, stats.pop("ratio"), new_values.detach())
+        for k, v in stats.items():
+            self._loss_sums[k] = self._loss_sums.get(k, 0.0) + v
+        self._num_minibatches += 1
+
+        if not torch.isfinite(loss):
+            self._diverged("the loss")
+        self.manual_backward(loss)
+        if (batch_idx + 1) % dm.accumulation_steps == 0:
+            opt = self.optimizers()
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.hparams.max_grad_norm)
+            if not torch.isfinite(grad_norm):
+                self._diverged("a gradient")
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if not all(torch.isfinite(p).all() for p in self.policy.parameters()):
+                self._diverged("a parameter")
+
+    def _diverged(self, what: str) -> None:
+        raise TrainingDiverged(
+            f"training diverged: {what} became NaN/Inf at epoch {self.current_epoch}, agent step "
+            f"{self.agent_steps + self.datamodule.rollout.agent_steps - self._steps_at_epoch_start}; "
+            "the run stopped and the last good checkpoint was kept")
+
+    def on_train_epoch_end(self) -> None:
+        if self.hparams.anneal_lr:
+            self.lr_schedulers().step()
+        local_steps = self.datamodule.rollout.agent_steps - self._steps_at_epoch_start
+        epoch_steps = int(self._all_reduce_sum(torch.tensor(float(local_steps))))
+        self.agent_steps += epoch_steps
+        elapsed = time.perf_counter() - self._epoch_start
+        self._timing["train_time"] = time.perf_counter() - self._train_start
+        metrics = self._epoch_metrics(epoch_steps / max(elapsed, 1e-9))
+        if self.logger is not None:
+            self.logger.log_metrics(metrics, step=self.agent_steps)
+        self.log_dict({"agent_steps": float(self.agent_steps), "SPS": metrics["SPS"],
+                       "return": metrics.get("environment/episode_return", float("nan"))},
+                      prog_bar=True, logger=False, rank_zero_only=True, batch_size=1)
+        if self.agent_steps >= self.hparams.total_timesteps:
+            self.trainer.should_stop = True
+
+    def _epoch_metrics(self, local_sps: float) -> dict[str, float]:
+        n = max(self._num_minibatches, 1)
+        metrics = {f"losses/{k}": float(v) / n for k, v in self._loss_sums.items()}
+        metrics["losses/explained_variance"] = self._explained_variance
+        metrics.update({f"performance/{k}": v for k, v in self._timing.items()})
+        metrics["SPS"] = float(self._all_reduce_sum(torch.tensor(local_sps)))
+        metrics["agent_steps"] = float(self.agent_steps)
+        metrics["epoch"] = float(self.current_epoch + 1)
+        metrics["learning_rate"] = self.optimizers().param_groups[0]["lr"]
+        metrics.update(self._episode_means())
+        return metrics
+
+    def _episode_means(self) -> dict[str, float]:
+        """Means of the episodes finished this epoch, pooled over ranks (sums and counts, not per-rank means)."""
+        sums, counts = self.datamodule.rollout.episodes.pop()
+        if self._world_size() > 1:
+            gathered: list = [None] * self._world_size()
+            dist.all_gather_object(gathered, (sums, counts))
+            sums, counts = {}, {}
+            for s, c in gathered:
+                for k in s:
+                    sums[k] = sums.get(k, 0.0) + s[k]
+                    counts[k] = counts.get(k, 0) + c[k]
+        return {f"environment/{k}": sums[k] / counts[k] for k in sorted(sums) if counts[k]}
+
+    def _world_size(self) -> int:
+        return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+    def _all_reduce_sum(self, value: torch.Tensor) -> torch.Tensor:
+        if self._world_size() > 1:
+            value = value.to(self.device)
+            dist.all_reduce(value)
+        return value.cpu()
+
+    # -- checkpoint ----------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        dm = self.datamodule
+        info = dm.env_info
+        checkpoint["aligner"] = {
+            "agent_steps": self.agent_steps,
+            "env_interface": info.model_dump_json(),
+            "geometry": {"batch_size": dm.batch_size, "bptt_horizon": dm.horizon,
+                         "minibatch_size": dm.minibatch_size, "total_agents": dm.total_agents},
+            "algo": asdict(self.algo),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("aligner", {})
+        self.agent_steps = int(state.get("agent_steps", 0))
+        if self.policy is None and "env_interface" in state:
+            from mettagrid.policy.policy_env_interface import PolicyEnvInterface
+
+            self.policy = AlignerPolicy.from_env_interface(
+                PolicyEnvInterface.model_validate_json(state["env_interface"]))

@@ -1,0 +1,200 @@
+"""Rollout: act in the vector env with the current policy, fill [segments, horizon] buffers, and hand out
+prioritized minibatches. The only module that steps environments.
+
+Layout (PuffeRL's): the agents of one env batch write in lockstep at column t; row k*N + a holds agent a's
+k-th run of ``horizon`` steps this epoch; when a batch's rows fill it takes the next free rows. Column t
+holds obs_t, a_t, log pi(a_t), V(obs_t), and the reward and terminal returned together with obs_t.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from aligner_lightning import algorithm
+from aligner_lightning.policy import AlignerPolicy, sample_actions
+
+
+@dataclass
+class Minibatch:
+    """``n`` segments of ``horizon`` steps sampled from the buffer, plus what the loss needs."""
+
+    idx: torch.Tensor  # [n] buffer rows, for the write-back
+    obs: torch.Tensor  # [n, H, T, 3] uint8
+    actions: torch.Tensor  # [n, H]
+    logprobs: torch.Tensor  # [n, H]
+    values: torch.Tensor  # [n, H], V_old as of this minibatch (earlier minibatches may have rewritten it)
+    advantages: torch.Tensor  # [n, H]
+    weights: torch.Tensor  # [n, 1] prioritized-replay importance weights
+    initial_state: tuple[torch.Tensor, torch.Tensor] | None = None  # [n, 512] each, when stored
+
+
+class RolloutBuffer:
+    """Preallocated experience for one epoch, written in place every step."""
+
+    def __init__(self, segments: int, horizon: int, obs_shape: tuple[int, ...], device: torch.device,
+                 store_initial_state: bool = False, hidden_size: int = 512):
+        self.segments, self.horizon = segments, horizon
+        shape = (segments, horizon)
+        self.obs = torch.zeros(*shape, *obs_shape, dtype=torch.uint8, device=device)
+        self.actions = torch.zeros(shape, dtype=torch.long, device=device)
+        self.logprobs = torch.zeros(shape, device=device)
+        self.values = torch.zeros(shape, device=device)
+        self.rewards = torch.zeros(shape, device=device)
+        self.terminals = torch.zeros(shape, device=device)
+        self.ratio = torch.ones(shape, device=device)
+        # Option (off by default, PuffeRL starts every training segment from zeros): each row's LSTM state at t=0.
+        self.initial_h = torch.zeros(segments, hidden_size, device=device) if store_initial_state else None
+        self.initial_c = torch.zeros(segments, hidden_size, device=device) if store_initial_state else None
+
+    def write_back(self, idx: torch.Tensor, ratio: torch.Tensor, values: torch.Tensor) -> None:
+        """The step's new ratios and values; the next minibatch's advantages and priorities see them."""
+        self.ratio[idx] = ratio
+        self.values[idx] = values.float()
+
+
+@dataclass
+class EpisodeStats:
+    """Sums and counts of the finished episodes' info values since the last ``pop``."""
+
+    sums: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    def add(self, info: dict) -> None:
+        for k, v in info.items():
+            if isinstance(v, (int, float, np.floating, np.integer)):
+                self.sums[k] += float(v)
+                self.counts[k] += 1
+
+    def pop(self) -> tuple[dict[str, float], dict[str, int]]:
+        sums, counts = dict(self.sums), dict(self.counts)
+        self.sums.clear()
+        self.counts.clear()
+        return sums, counts
+
+
+class Rollout:
+    """Owns the vector env, the buffer and the per-batch LSTM state; ``collect`` runs one epoch's rollout."""
+
+    def __init__(self, vecenv, segments: int, horizon: int, device: torch.device,
+                 store_initial_state: bool = False, reset_lstm_on_done: bool = False):
+        self.vecenv = vecenv
+        self.horizon = horizon
+        self.device = device
+        self.total_agents = vecenv.num_agents
+        self.agents_per_batch = vecenv.agents_per_batch
+        self.buffer = RolloutBuffer(segments, horizon, vecenv.single_observation_space.shape, device,
+                                    store_initial_state)
+        self.reset_lstm_on_done = reset_lstm_on_done
+        self.episodes = EpisodeStats()
+        self.agent_steps = 0  # this process's env steps, all epochs
+        self._lstm: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        # On CUDA: one pinned host staging copy per step, so the device copy is a single async transfer.
+        # On CPU the env's own array is read in place and copied once, into the buffer.
+        obs_shape = (self.agents_per_batch, *vecenv.single_observation_space.shape)
+        self._obs_host = torch.empty(obs_shape, dtype=torch.uint8, pin_memory=True) if device.type == "cuda" else None
+        self._started = False
+
+    def start(self) -> None:
+        """Reset every env (each with its own seed) once, before the first epoch."""
+        self.vecenv.async_reset(None)
+        self._started = True
+
+    @torch.inference_mode()
+    def collect(self, policy: AlignerPolicy) -> dict[str, float]:
+        """Fill every buffer row with fresh experience. Returns timing for the logs."""
+        if not self._started:
+            self.start()
+        buf, horizon, device = self.buffer, self.horizon, self.device
+        segments = buf.segments
+        was_training = policy.training
+        policy.eval()
+        for h, c in self._lstm.values():  # PuffeRL zeroes the LSTM state at every epoch's start
+            h.zero_()
+            c.zero_()
+        next_row = self.total_agents
+        row_of: dict[int, int] = {}  # env batch start -> first buffer row it writes
+        col_of: dict[int, int] = {}  # env batch start -> column t
+        full_rows = 0
+        env_time = 0.0
+        t0 = time.perf_counter()
+        while full_rows < segments:
+            te = time.perf_counter()
+            obs_np, rew_np, term_np, _trunc, _teacher, infos, env_id, mask = self.vecenv.recv()
+            env_time += time.perf_counter() - te
+            start = int(env_id[0])
+            n = len(env_id)
+            self.agent_steps += int(mask.sum())
+            for info in infos:
+                self.episodes.add(info)
+
+            if self._obs_host is None:
+                obs = torch.from_numpy(obs_np)
+            else:
+                self._obs_host[:n].numpy()[:] = obs_np
+                obs = self._obs_host[:n].to(device, non_blocking=True)
+            # Not in place: on CPU these tensors share memory with the env's buffers.
+            rewards = torch.from_numpy(rew_np).to(device).clamp(-1, 1)
+            terminals = torch.from_numpy(term_np).to(device).float()
+
+            state = self._lstm.get(start)
+            if state is None:
+                state = self._lstm[start] = policy.initial_state(n, device)
+            h, c = state
+            t = col_of.setdefault(start, 0)
+            row = row_of.setdefault(start, start)
+            if t == 0 and buf.initial_h is not None and row < segments:
+                buf.initial_h[row:row + n] = h
+                buf.initial_c[row:row + n] = c
+            logits, value, h_new, c_new = policy.step(obs, h, c)
+            if self.reset_lstm_on_done:  # option: the next episode starts from a zero state
+                keep = (1.0 - terminals).unsqueeze(1)
+                h_new, c_new = h_new * keep, c_new * keep
+            h.copy_(h_new)
+            c.copy_(c_new)
+            action, logprob = sample_actions(logits)
+
+            if row < segments:  # async backends can return a batch again after its last row filled
+                rows = slice(row, row + n)
+                buf.obs[rows, t] = obs
+                buf.actions[rows, t] = action
+                buf.logprobs[rows, t] = logprob
+                buf.rewards[rows, t] = rewards
+                buf.terminals[rows, t] = terminals
+                buf.values[rows, t] = value.float()
+                if t + 1 >= horizon:
+                    row_of[start] = next_row
+                    col_of[start] = 0
+                    next_row += n
+                    full_rows += n
+                else:
+                    col_of[start] = t + 1
+
+            te = time.perf_counter()
+            self.vecenv.send(action.cpu().numpy())
+            env_time += time.perf_counter() - te
+        policy.train(was_training)
+        total = time.perf_counter() - t0
+        return {"rollout_time": total, "env_time": env_time}
+
+    def minibatches(self, num_minibatches: int, minibatch_segments: int, algo, beta: float) -> Iterator[Minibatch]:
+        """Yield prioritized minibatches lazily: each is drawn after the previous one's write-back."""
+        buf = self.buffer
+        buf.ratio.fill_(1.0)
+        for _ in range(num_minibatches):
+            with torch.no_grad():
+                adv = algorithm.puff_advantage(buf.values, buf.rewards, buf.terminals, buf.ratio, algo.gamma,
+                                               algo.gae_lambda, algo.vtrace_rho_clip, algo.vtrace_c_clip)
+                probs = algorithm.segment_probabilities(adv, algo.prio_alpha)
+                idx, weights = algorithm.sample_segments(probs, minibatch_segments, beta)
+            state = None if buf.initial_h is None else (buf.initial_h[idx], buf.initial_c[idx])
+            yield Minibatch(idx=idx, obs=buf.obs[idx], actions=buf.actions[idx], logprobs=buf.logprobs[idx],
+                            values=buf.values[idx], advantages=adv[idx], weights=weights, initial_state=state)
+
+    def close(self) -> None:
+        self.vecenv.close()

@@ -1,0 +1,70 @@
+"""Our policy is cogames' TutorialPolicyNet: same state_dict keys, same outputs on real observations."""
+
+from __future__ import annotations
+
+import torch
+from cogames.policy.tutorial_policy import TutorialPolicyNet
+
+from aligner_lightning.policy import AlignerPolicy, evaluate_actions, sample_actions
+
+
+def _pair(info):
+    torch.manual_seed(0)
+    ours = AlignerPolicy.from_env_interface(info)
+    theirs = TutorialPolicyNet(info)
+    theirs.load_state_dict(ours.state_dict())  # strict: same keys and shapes
+    return ours.eval(), theirs.eval()
+
+
+def test_state_dict_keys_match_cogames(aligner_info):
+    ours = AlignerPolicy.from_env_interface(aligner_info)
+    theirs = TutorialPolicyNet(aligner_info)
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    for k, v in theirs.state_dict().items():
+        assert ours.state_dict()[k].shape == v.shape, k
+    assert torch.equal(ours._feature_scale, theirs._feature_scale)
+
+
+def test_grid_matches_cogames_on_real_tokens(aligner_info, aligner_obs):
+    ours, theirs = _pair(aligner_info)
+    obs = aligner_obs.reshape(-1, *aligner_obs.shape[2:])
+    # The observations contain padding (0xFF) and global (0xFE) tokens.
+    assert (obs[..., 0] == 0xFF).any() and (obs[..., 0] == 0xFE).any()
+    assert torch.equal(ours.tokens_to_grid(obs), theirs._tokens_to_grid(obs))
+
+
+def test_sequence_forward_matches_cogames(aligner_info, aligner_obs):
+    ours, theirs = _pair(aligner_info)
+    seq = aligner_obs.transpose(0, 1).contiguous()  # [agents, T, tokens, 3]
+    with torch.no_grad():
+        logits, values = ours(seq)
+        ref_logits, ref_values = theirs(seq)
+    torch.testing.assert_close(logits.reshape(-1, logits.shape[-1]), ref_logits, rtol=0, atol=1e-6)
+    torch.testing.assert_close(values.reshape(-1), ref_values.reshape(-1), rtol=0, atol=1e-6)
+
+
+def test_single_step_lstm_cell_matches_cogames_recurrence(aligner_info, aligner_obs):
+    """The rollout's LSTMCell path, stepped through time, equals cogames' nn.LSTM with carried state."""
+    ours, theirs = _pair(aligner_info)
+    n = aligner_obs.shape[1]
+    h, c = ours.initial_state(n)
+    state = {"lstm_h": torch.zeros(n, 512), "lstm_c": torch.zeros(n, 512)}
+    with torch.no_grad():
+        for t in range(aligner_obs.shape[0]):
+            logits, value, h, c = ours.step(aligner_obs[t], h, c)
+            ref_logits, ref_value = theirs(aligner_obs[t], state)
+            torch.testing.assert_close(logits, ref_logits, rtol=0, atol=1e-5)
+            torch.testing.assert_close(value, ref_value.squeeze(-1), rtol=0, atol=1e-5)
+            torch.testing.assert_close(h, state["lstm_h"].reshape(n, 512), rtol=0, atol=1e-5)
+
+
+def test_sampling_and_evaluation_agree():
+    torch.manual_seed(0)
+    logits = torch.randn(64, 5)
+    actions, logprob = sample_actions(logits)
+    assert actions.shape == (64,) and ((actions >= 0) & (actions < 5)).all()
+    logprob2, entropy = evaluate_actions(logits, actions)
+    torch.testing.assert_close(logprob, logprob2)
+    ref = torch.distributions.Categorical(logits=logits)
+    torch.testing.assert_close(entropy, ref.entropy())
+    torch.testing.assert_close(logprob, ref.log_prob(actions))
