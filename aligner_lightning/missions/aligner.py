@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from mettagrid.config.event_config import EventConfig, periodic
 from mettagrid.config.filter import (
     GameValueFilter,
+    TargetIsUsableFilter,
+    TargetLocEmptyFilter,
     HandlerTarget,
     actorHas,
     actorHasAnyOf,
@@ -56,6 +58,7 @@ from mettagrid.config.mettagrid_config import (
 from mettagrid.config.mutation import (
     ClearInventoryMutation,
     EntityTarget,
+    RelocateMutation,
     SetGameValueMutation,
     StatsMutation,
     StatsTarget,
@@ -69,6 +72,7 @@ from mettagrid.config.mutation import (
     removeTagPrefix,
     updateActor,
     updateTarget,
+    useTarget,
     withdraw,
 )
 from mettagrid.config.query import ClosureQuery, MaterializedQuery, Query
@@ -193,7 +197,28 @@ def agent_config(params: AlignerParams) -> AgentConfig:
         tags=[TEAM_TAG],
         inventory=InventoryConfig(limits=limits, initial={"hp": 100, "energy": 100, "solar": 1}),
         on_tick=on_tick,
+        # A use costs energy only when one of the target's handlers fired (see move_config).
+        on_after_use_handler=Handler(name="use_cost", mutations=[updateActor({"energy": -MOVE_ENERGY})]),
         rewards=agent_rewards(params.max_steps),
+    )
+
+
+def move_config() -> MoveActionConfig:
+    """§6: a successful step or use costs 4 energy and needs it; a failed one is free.
+
+    mettagrid 0.26.21 ignores ``MoveActionConfig.consumed_resources`` (a move into an empty cell is
+    free), so the cost is charged by an explicit move handler chain plus the agent's after-use handler.
+    """
+    has_energy = actorHas({"energy": MOVE_ENERGY})
+    return MoveActionConfig(
+        handlers=[
+            Handler(
+                name="step",
+                filters=[TargetLocEmptyFilter(), has_energy],
+                mutations=[RelocateMutation(), updateActor({"energy": -MOVE_ENERGY})],
+            ),
+            Handler(name="use", filters=[TargetIsUsableFilter(), has_energy], mutations=[useTarget()]),
+        ]
     )
 
 
@@ -424,7 +449,7 @@ def game_config(params: AlignerParams, map_builder: AnyMapBuilderConfig) -> Game
         agent=agent_config(params),
         actions=ActionsConfig(
             noop=NoopActionConfig(),
-            move=MoveActionConfig(consumed_resources={"energy": MOVE_ENERGY}),
+            move=move_config(),
             change_vibe=ChangeVibeActionConfig(vibes=list(VIBES)),
         ),
         objects=object_configs(params),
