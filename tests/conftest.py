@@ -40,3 +40,10 @@ def aligner_obs(aligner_factory) -> torch.Tensor:
 @pytest.fixture(scope="session")
 def aligner_info(aligner_factory):
     return env_interface(aligner_factory)
+
+
+# The PuffeRL reference harness lives with the benchmarks; tests import it from there.
+import sys as _sys
+from pathlib import Path as _Path
+
+_sys.path.insert(0, str(_Path(__file__).resolve().parents[1] / "benchmarks"))
