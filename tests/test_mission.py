@@ -289,17 +289,15 @@ def _check_scripted(seed: int) -> None:
     stats = run_scripted_episode(make_mission("aligner_tutorial", map_seed=seed))
     assert stats["steps"] == 1000
     assert stats["aligned"] >= 50
+    assert stats["aligned"] == (build_grid(seed) == "junction").sum()  # every junction on the map (§14)
     assert stats["first_alignment_step"] <= 60
     assert stats["min_return"] > 100
+    assert stats["held"] > 0 and stats["hearts_withdrawn"] >= stats["aligned"]  # game stats under their names
 
 
-def test_scripted_team_aligns_seed_0() -> None:
-    _check_scripted(0)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("seed", [1, 2])
-def test_scripted_team_aligns_other_seeds(seed: int) -> None:
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_scripted_team_aligns(seed: int) -> None:
+    """About 6 s per seed on 2 cores, so all three stay in the default run."""
     _check_scripted(seed)
 
 
@@ -309,12 +307,17 @@ def test_scripted_team_on_smoke_world_aligns_everything() -> None:
 
 
 def test_random_policy_aligns_nothing_and_stats_exist() -> None:
+    """§14: uniform over the 12 action names (the 7 vibe changes leave the body still) aligns nothing.
+
+    Uniform over the 5 primary actions alone moves more and occasionally aligns (7 in 10 episodes
+    measured, see docs/mission.md), so this is the spec's random baseline, not a pure random walk.
+    """
     env = MettaGridPufferEnv(Simulator(), make_mission("aligner_tutorial", map_seed=0))
     env.reset()
     rng = np.random.default_rng(0)
     sim = env.current_simulation
     while not sim.is_done():
-        env.step(rng.integers(0, 5, size=4, dtype=np.int32))
+        env.step(rng.integers(0, 12, size=4, dtype=np.int32))  # combined index: 0-4 primary, 5-11 noop + vibe
     assert game_stat(sim, "cogs/aligned.junction.gained") == 0
     assert game_stat(sim, "cogs/aligned.junction.held") == 0
     assert {"aligned_junction_held", "junction.aligned_by_agent", "aligner.gained", "heart.gained", "heart.lost"} <= set(
