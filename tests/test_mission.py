@@ -16,7 +16,7 @@ from mettagrid.simulator import Simulation, Simulator
 
 from aligner_lightning.missions import MissionError, list_missions, make_mission
 from aligner_lightning.missions.aligner import AlignerParams, arena_map, game_config
-from aligner_lightning.scripted import run_scripted_episode
+from aligner_lightning.scripted import ScriptedTeam, run_scripted_episode
 
 LEGEND = {"H": "c:hub", "A": "c:aligner", "M": "c:miner", "J": "junction", "E": "carbon_extractor"}
 START = {"hp": 100, "energy": 100, "solar": 1}
@@ -304,6 +304,19 @@ def test_scripted_team_aligns(seed: int) -> None:
 def test_scripted_team_on_smoke_world_aligns_everything() -> None:
     stats = run_scripted_episode(make_mission("smoke"))
     assert stats["aligned"] == 5
+
+
+def test_scripted_team_drives_puffer_env_across_auto_reset() -> None:
+    env = MettaGridPufferEnv(Simulator(), make_mission("smoke"))
+    env.reset()
+    team = ScriptedTeam(env)
+    aligned = []
+    for _ in range(2 * 96):
+        _, _, terminals, _, _ = env.step(team.actions())
+        if terminals.all():
+            aligned.append(game_stat(env.current_simulation, "cogs/aligned.junction.gained"))
+    assert aligned == [5, 5]
+    env.close()
 
 
 def test_random_policy_aligns_nothing_and_stats_exist() -> None:
