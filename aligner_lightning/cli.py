@@ -25,8 +25,8 @@ class AlignerCLI(LightningCLI):
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         run_name = cfg.get("run_name")
         logger = cfg.trainer.get("logger")
-        if run_name and isinstance(logger, dict) and "init_args" in logger:
-            logger["init_args"]["version"] = run_name
+        if run_name and logger is not None and hasattr(logger, "init_args"):
+            logger.init_args.version = run_name
 
 
 def cli_main(args: list[str] | None = None) -> AlignerCLI:

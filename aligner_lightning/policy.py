@@ -4,7 +4,7 @@ The module names (``_cnn``, ``_cnn_fc``, ``_self_encoder``, ``_rnn``, ``_action_
 ``_feature_scale`` buffer are those of cogames 0.27.3, so a ``state_dict`` saved here loads there unchanged
 (``cogames ... -p class=tutorial,data=W.pt``). What differs is speed, not maths:
 
-- the token scatter uses two 256-entry lookup tables instead of per-token coordinate arithmetic;
+- the first convolution reads the tokens directly (a sparse product) instead of a dense 13 x 13 grid;
 - single-step inference runs ``torch.lstm_cell`` on the ``nn.LSTM`` weights instead of a length-1 ``nn.LSTM``.
 """
 
@@ -24,8 +24,6 @@ class AlignerPolicy(nn.Module):
     """Token observations ``[..., num_tokens, 3]`` (uint8) -> action logits and a value."""
 
     _feature_scale: torch.Tensor
-    _cell_of_location: torch.Tensor
-    _feature_slot: torch.Tensor
 
     def __init__(self, feature_norms: Mapping[int, float], obs_height: int, obs_width: int, num_actions: int):
         super().__init__()
@@ -39,14 +37,7 @@ class AlignerPolicy(nn.Module):
             scale[int(fid)] = max(float(norm), 1.0)
         self.register_buffer("_feature_scale", scale)
 
-        # Lookup tables over the raw token bytes. Coordinates are clamped into the window, which sends the
-        # 0xFE global tokens to the bottom-right cell and 0xFF padding somewhere harmless (its value is masked).
-        loc = torch.arange(256)
-        row = ((loc >> 4) & 0x0F).clamp(max=obs_height - 1)
-        col = (loc & 0x0F).clamp(max=obs_width - 1)
-        self.register_buffer("_cell_of_location", row * obs_width + col, persistent=False)
-        self.register_buffer("_feature_slot", loc.clamp(max=self.num_features - 1) * (obs_height * obs_width), persistent=False)
-
+        self._build_token_tables(obs_height, obs_width)
         self._cnn = nn.Sequential(
             nn.Conv2d(self.num_features, 64, kernel_size=3, stride=2, padding=1),
             nn.ReLU(),
@@ -69,24 +60,66 @@ class AlignerPolicy(nn.Module):
         return cls(norms, env_info.obs_height, env_info.obs_width, len(env_info.action_names))
 
     # -- encoder -------------------------------------------------------------------------------------------
-    def tokens_to_grid(self, obs: torch.Tensor) -> torch.Tensor:
-        """``[M, T, 3]`` uint8 tokens -> ``[M, C, H, W]`` float grid, summing tokens that share a cell."""
+    def _build_token_tables(self, obs_height: int, obs_width: int) -> None:
+        """Lookup tables over the location byte, so that the first convolution reads tokens directly.
+
+        cogames scatters the tokens into a dense [C, 13, 13] grid (coordinates clamped into the window, so the
+        0xFE global tokens land in the bottom-right cell) and convolves it. At most ~80 of 200 tokens are
+        real, so we skip the grid: a 3x3 stride-2 kernel sends each cell to at most 4 output pixels, each
+        through one kernel tap. Token -> (pixel, tap) pairs make conv1 a sparse x dense product with the
+        same weights, and the same result up to float summation order.
+        """
+        conv_h, conv_w = (obs_height - 1) // 2 + 1, (obs_width - 1) // 2 + 1
+        pixel = torch.full((256, 4), conv_h * conv_w, dtype=torch.long)
+        tap = torch.zeros(256, 4, dtype=torch.long)
+        live = torch.zeros(256, 4)
+        for loc in range(256):
+            if loc == PAD_LOCATION:
+                continue
+            row, col = min(loc >> 4, obs_height - 1), min(loc & 0x0F, obs_width - 1)
+            slot = 0
+            for out_r in range(conv_h):
+                for out_c in range(conv_w):
+                    k_r, k_c = row + 1 - 2 * out_r, col + 1 - 2 * out_c  # padding 1, stride 2
+                    if 0 <= k_r < 3 and 0 <= k_c < 3:
+                        pixel[loc, slot], tap[loc, slot], live[loc, slot] = out_r * conv_w + out_c, k_r * 3 + k_c, 1
+                        slot += 1
+        self.conv_shape = (conv_h, conv_w)
+        self.center_location = (obs_height // 2) << 4 | (obs_width // 2)
+        self.register_buffer("_tap_pixel", pixel, persistent=False)
+        self.register_buffer("_tap_index", tap, persistent=False)
+        self.register_buffer("_tap_live", live, persistent=False)
+
+    def _decode(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Location byte, clamped feature id and scaled value (0 for padding), as cogames computes them."""
         loc = obs[..., 0].long()
         feat = obs[..., 1].long()
-        value = obs[..., 2].float()
-        divisor = self._feature_scale[:256] + 1e-6
-        value = (value / divisor[feat]) * (loc != PAD_LOCATION).float()
-        index = self._feature_slot[feat] + self._cell_of_location[loc]
-        hw = self.obs_height * self.obs_width
-        grid = value.new_zeros(obs.shape[0], self.num_features * hw)
-        grid.scatter_add_(1, index, value)
-        return grid.view(obs.shape[0], self.num_features, self.obs_height, self.obs_width)
+        value = obs[..., 2].float() / (self._feature_scale[:256] + 1e-6)[feat] * (loc != PAD_LOCATION).float()
+        return loc, feat.clamp(max=self.num_features - 1), value
+
+    def _first_conv(self, loc: torch.Tensor, feat: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """``_cnn[0]`` applied to the token grid, computed from the tokens: ``[M, 64, 7, 7]``."""
+        conv = self._cnn[0]
+        m = loc.shape[0]
+        pixels = self.conv_shape[0] * self.conv_shape[1]
+        weight = value.unsqueeze(-1) * self._tap_live[loc]  # [M, T, 4]
+        cols = feat.unsqueeze(-1) * 9 + self._tap_index[loc]
+        rows = torch.arange(m, device=loc.device).view(m, 1, 1) * pixels + self._tap_pixel[loc]
+        nz = weight.view(-1).nonzero().squeeze(1)
+        taps = torch.sparse_coo_tensor(torch.stack([rows.view(-1)[nz], cols.view(-1)[nz]]), weight.view(-1)[nz],
+                                       (m * pixels, self.num_features * 9))
+        kernel = conv.weight.permute(1, 2, 3, 0).reshape(self.num_features * 9, conv.out_channels)
+        out = torch.sparse.mm(taps, kernel.to(weight.dtype)).view(m, *self.conv_shape, conv.out_channels)
+        return out.permute(0, 3, 1, 2) + conv.bias.view(1, -1, 1, 1)
 
     def encode(self, obs: torch.Tensor) -> torch.Tensor:
         """``[M, T, 3]`` tokens -> ``[M, 512]`` LSTM input (CNN features and the agent's own cell)."""
-        grid = self.tokens_to_grid(obs)
-        cnn = F.relu(self._cnn_fc(self._cnn(grid)))
-        center = grid[:, :, self.obs_height // 2, self.obs_width // 2]
+        loc, feat, value = self._decode(obs)
+        x = self._cnn[1:](self._first_conv(loc, feat, value))  # ReLU, conv2, ReLU, flatten
+        cnn = F.relu(self._cnn_fc(x))
+        # The agent's own cell: the grid's centre column, i.e. the summed tokens at the centre location.
+        center = value.new_zeros(loc.shape[0], self.num_features)
+        center.scatter_add_(1, feat, value * (loc == self.center_location))
         return torch.cat([cnn, F.relu(self._self_encoder(center))], dim=-1)
 
     # -- recurrent passes ----------------------------------------------------------------------------------

@@ -25,12 +25,20 @@ def test_state_dict_keys_match_cogames(aligner_info):
     assert torch.equal(ours._feature_scale, theirs._feature_scale)
 
 
-def test_grid_matches_cogames_on_real_tokens(aligner_info, aligner_obs):
+def test_token_conv_equals_dense_conv_on_cogames_grid(aligner_info, aligner_obs):
+    """The sparse first convolution equals conv1 over cogames' dense grid, with gradients."""
     ours, theirs = _pair(aligner_info)
     obs = aligner_obs.reshape(-1, *aligner_obs.shape[2:])
-    # The observations contain padding (0xFF) and global (0xFE) tokens.
-    assert (obs[..., 0] == 0xFF).any() and (obs[..., 0] == 0xFE).any()
-    assert torch.equal(ours.tokens_to_grid(obs), theirs._tokens_to_grid(obs))
+    # The observations contain padding (0xFF), global (0xFE) and centre-cell tokens.
+    assert (obs[..., 0] == 0xFF).any() and (obs[..., 0] == 0xFE).any() and (obs[..., 0] == 0x66).any()
+    grid = theirs._tokens_to_grid(obs)
+    dense = theirs._cnn[0](grid)
+    sparse = ours._first_conv(*ours._decode(obs))
+    torch.testing.assert_close(sparse, dense, rtol=0, atol=1e-5)
+    dense.square().sum().backward()
+    sparse.square().sum().backward()
+    torch.testing.assert_close(ours._cnn[0].weight.grad, theirs._cnn[0].weight.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ours._cnn[0].bias.grad, theirs._cnn[0].bias.grad, rtol=1e-4, atol=1e-4)
 
 
 def test_sequence_forward_matches_cogames(aligner_info, aligner_obs):
