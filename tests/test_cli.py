@@ -1,0 +1,78 @@
+"""The real entry point, run as a user runs it, plus its answers to bad input."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from aligner_lightning import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+DEBUG = str(ROOT / "configs" / "debug.yaml")
+
+
+def run_train(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def scalars(run_dir: Path) -> dict[str, list]:
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: acc.Scalars(tag) for tag in acc.Tags()["scalars"]}
+
+
+def test_debug_fit_from_printed_config(tmp_path):
+    """--print_config output is valid input, and a fit from it logs the named scalars and a last.ckpt."""
+    printed = run_train(["fit", "--config", DEBUG, "--print_config"], tmp_path)
+    assert printed.returncode == 0, printed.stderr
+    cfg = tmp_path / "printed.yaml"
+    cfg.write_text(printed.stdout)
+
+    out = run_train(["fit", "--config", str(cfg), "--run_name", "smoke"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run_dir = tmp_path / "lightning_logs" / "smoke"
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "hparams.yaml").is_file()
+    logged = scalars(run_dir)
+    for tag in ("SPS", "agent_steps", "learning_rate", "losses/policy_loss", "losses/value_loss", "losses/entropy",
+                "losses/approx_kl", "losses/old_approx_kl", "losses/clipfrac", "losses/importance",
+                "losses/explained_variance", "environment/episode_return", "environment/game/cogs/aligned.junction.held",
+                "performance/rollout_time"):
+        assert tag in logged, f"{tag} missing; logged: {sorted(logged)}"
+    steps = [e.step for e in logged["losses/policy_loss"]]
+    assert steps == [512 * (i + 1) for i in range(8)]  # x-axis is agent steps, one point per epoch
+    for tag in ("losses/policy_loss", "losses/value_loss", "losses/entropy"):
+        assert all(math.isfinite(e.value) for e in logged[tag])
+    lr = [e.value for e in logged["learning_rate"]]
+    assert lr[0] < 0.00092 and lr[-1] == pytest.approx(0.0, abs=1e-12)  # cosine annealed to 0 over the run
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--data.mission", "nope"], "unknown mission 'nope'"),
+        (["--data.batch_size", "256"], "data.batch_size=256"),  # < agents x horizon = 8 x 64
+        (["--data.minibatch_size", "100"], "data.minibatch_size=100: must be a multiple of data.bptt_horizon"),
+        (["--data.mission_overrides", "{max_steps: 0}"], "max_steps must be an int in [1, 100000]"),
+    ],
+)
+def test_bad_config_values_get_one_clear_error(monkeypatch, capsys, args, expected):
+    extra = ["--data.bptt_horizon", "64", "--data.batch_size", "512", "--data.minibatch_size", "512"]
+    monkeypatch.setattr(sys, "argv", ["train.py", "fit", "--config", DEBUG, *extra, *args])
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err
+
+
+def test_missing_config_file(tmp_path):
+    out = run_train(["fit", "--config", str(tmp_path / "missing.yaml")], tmp_path, timeout=120)
+    assert out.returncode != 0
+    assert "missing.yaml" in out.stderr and "Traceback" not in out.stderr
