@@ -1,0 +1,143 @@
+"""Lightning checkpoint of ``AlignerPPO`` -> a cogames policy bundle.
+
+    python -m aligner_lightning.export --ckpt lightning_logs/version_0/checkpoints/last.ckpt --out bundle
+    cogames run -m <mission> -p ./bundle
+
+The bundle has the layout cogames' own trainer writes (``cogames/train.py``): ``policy_spec.json``, mettagrid's
+``SubmissionPolicySpec`` naming ``TutorialPolicy``, its weights file relative to the bundle and the
+``PolicyEnvInterface`` the policy was trained on; and ``weights.pt``, a bare ``TutorialPolicyNet`` state_dict
+(``torch.save``), which ``TutorialPolicy.load_policy_data`` reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from cogames.policy.tutorial_policy import TutorialPolicyNet
+from mettagrid.policy.policy_env_interface import PolicyEnvInterface
+from mettagrid.policy.submission import POLICY_SPEC_FILENAME, SubmissionPolicySpec, write_submission_policy_spec
+
+from aligner_lightning.errors import CheckpointError
+from aligner_lightning.missions import MissionError, make_mission
+
+CLASS_PATH = "cogames.policy.tutorial_policy.TutorialPolicy"
+WEIGHTS_FILENAME = "weights.pt"
+POLICY_PREFIX = "policy."  # AlignerPPO keeps the network in ``self.policy``
+
+
+def interface_mismatch(a: PolicyEnvInterface, b: PolicyEnvInterface,
+                       labels: tuple[str, str] = ("checkpoint", "env")) -> list[str]:
+    """What differs between two env interfaces in ways a trained policy depends on: the observation features
+    (id, name, normalization), the token shape, the observation window, the tag names (tag ids are observed
+    values) and the primary action names. Empty if the policy can run in ``b``. The agent count is ignored."""
+    la, lb = labels
+    problems = []
+    fa = {f.id: (f.name, f.normalization) for f in a.obs_features}
+    fb = {f.id: (f.name, f.normalization) for f in b.obs_features}
+    for side, mine, other in ((la, fa, fb), (lb, fb, fa)):
+        only = [f"{mine[i][0]}({i})" for i in sorted(mine.keys() - other.keys())]
+        if only:
+            problems.append(f"observation features only in {side}: {', '.join(only)}")
+    changed = [f"{i}: {fa[i][0]}/{fa[i][1]:g} vs {fb[i][0]}/{fb[i][1]:g}"
+               for i in sorted(fa.keys() & fb.keys()) if fa[i] != fb[i]]
+    if changed:
+        problems.append(f"observation features differ (id: name/normalization, {la} vs {lb}): {'; '.join(changed)}")
+    for what, va, vb in (
+        ("observation shape (tokens, token size)", tuple(a.observation_shape), tuple(b.observation_shape)),
+        ("observation window (height, width)", tuple(a.egocentric_shape), tuple(b.egocentric_shape)),
+        ("tags", a.tags, b.tags),
+        ("action names", a.action_names, b.action_names),
+    ):
+        if va != vb:
+            problems.append(f"{what}: {la} {va} vs {lb} {vb}")
+    return problems
+
+
+def load_policy_checkpoint(ckpt_path: str | Path) -> tuple[dict[str, torch.Tensor], PolicyEnvInterface]:
+    """The policy's bare state_dict and env interface from an AlignerPPO checkpoint; CheckpointError if the
+    file is missing, unreadable, not from AlignerPPO, or its weights do not fit ``TutorialPolicyNet``."""
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path}: no such file")
+    try:
+        ckpt: Any = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # torch raises many kinds on a truncated or foreign file
+        raise CheckpointError(f"checkpoint {path}: unreadable, truncated or not a torch file ({type(e).__name__}: {_first_line(e)})") from e
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise CheckpointError(f"checkpoint {path}: no state_dict (not a Lightning checkpoint)")
+    interface_json = (ckpt.get("aligner") or {}).get("env_interface")
+    if interface_json is None:
+        raise CheckpointError(f"checkpoint {path}: no aligner.env_interface (not saved by AlignerPPO)")
+    try:
+        info = PolicyEnvInterface.model_validate_json(interface_json)
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint {path}: bad env interface ({_first_line(e)})") from e
+
+    weights = {k.removeprefix(POLICY_PREFIX): v for k, v in ckpt["state_dict"].items() if k.startswith(POLICY_PREFIX)}
+    try:
+        missing, unexpected = TutorialPolicyNet(info).load_state_dict(weights, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise CheckpointError(f"checkpoint {path}: policy weights do not fit TutorialPolicyNet "
+                              f"({_first_line(e)})") from e
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint {path}: policy weights do not fit TutorialPolicyNet "
+                              f"(missing {sorted(missing)}, unexpected {sorted(unexpected)})")
+    return weights, info
+
+
+def export_bundle(ckpt_path: str | Path, out_dir: str | Path, force: bool = False,
+                  mission: str | None = None) -> Path:
+    """Write the bundle for ``ckpt_path`` into ``out_dir`` and return ``out_dir``.
+
+    An existing non-empty ``out_dir`` is refused (FileExistsError) unless ``force``, which replaces the
+    bundle's two files and leaves anything else there. With ``mission``, the checkpoint's env interface must
+    match that mission's (default overrides), or a CheckpointError lists what differs. Nothing is written
+    unless every check passes.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise FileExistsError(f"--out {out}: directory is not empty (use --force to overwrite the bundle there)")
+    weights, info = load_policy_checkpoint(ckpt_path)
+    if mission is not None:
+        problems = interface_mismatch(info, PolicyEnvInterface.from_mg_cfg(make_mission(mission)),
+                                      labels=("checkpoint", f"mission {mission!r}"))
+        if problems:
+            raise CheckpointError(f"checkpoint {ckpt_path} does not fit mission {mission!r}: " + "; ".join(problems))
+
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(weights, out / WEIGHTS_FILENAME)
+    spec = SubmissionPolicySpec(class_path=CLASS_PATH, data_path=WEIGHTS_FILENAME, policy_env_interface=info)
+    write_submission_policy_spec(out / POLICY_SPEC_FILENAME, spec)
+    return out
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m aligner_lightning.export", description=__doc__.split("\n")[0])
+    parser.add_argument("--ckpt", required=True, help="AlignerPPO Lightning checkpoint (.ckpt)")
+    parser.add_argument("--out", required=True, help="bundle directory to write (for `cogames run -p ./DIR`)")
+    parser.add_argument("--force", action="store_true", help="write into an existing non-empty --out")
+    parser.add_argument("--mission", help="check the checkpoint's observation/action interface against a mission")
+    args = parser.parse_args(argv)
+    try:
+        out = export_bundle(args.ckpt, args.out, force=args.force, mission=args.mission)
+    except (CheckpointError, FileExistsError, MissionError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    # cogames reads -p as a bundle path only if it starts with '.', '/' or '~'.
+    uri = str(out) if str(out).startswith((".", "/", "~")) else f"./{out}"
+    print(f"wrote {out / POLICY_SPEC_FILENAME} and {out / WEIGHTS_FILENAME}; run it with: cogames run -p {uri}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
