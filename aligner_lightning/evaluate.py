@@ -72,7 +72,7 @@ class PolicyActor:
     def __init__(self, policy: AlignerPolicy, device: torch.device | str | None = None, greedy: bool = False,
                  generator: torch.Generator | None = None):
         self.policy = policy
-        self.device = torch.device(device) if device is not None else policy._feature_scale.device
+        self.device = torch.device(device) if device is not None else next(policy.parameters()).device
         self.greedy = greedy
         self.generator = generator
         self._state: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -169,7 +169,8 @@ def evaluate(actor: Actor, mission: str, overrides: dict[str, Any], settings: Ev
     """Play ``settings.episodes`` episodes of ``mission`` and measure each one.
 
     ``overrides`` are the mission overrides of the run; a ``map_seed`` in them is replaced by the held-out
-    seeds. Replays of the first ``settings.replays`` episodes go to ``replay_dir`` (none if it is None).
+    seeds. Replays of the first ``settings.replays`` episodes go to ``replay_dir`` (none if it is None), and
+    frames are taken of episode 0 if ``settings.frames`` (under DDP, ranks other than 0 can turn both off).
     """
     if not _is_int(episode_offset) or episode_offset < 0:
         raise ValueError(f"episode_offset={episode_offset!r}: must be an int >= 0")

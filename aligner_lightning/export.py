@@ -66,7 +66,8 @@ def load_policy_checkpoint(ckpt_path: str | Path) -> tuple[dict[str, torch.Tenso
     try:
         ckpt: Any = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # torch raises many kinds on a truncated or foreign file
-        raise CheckpointError(f"checkpoint {path}: unreadable, truncated or not a torch file ({type(e).__name__}: {_first_line(e)})") from e
+        raise CheckpointError(f"checkpoint {path}: unreadable, truncated or not a torch file "
+                              f"({type(e).__name__}: {_first_line(e)})") from e
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise CheckpointError(f"checkpoint {path}: no state_dict (not a Lightning checkpoint)")
     interface_json = (ckpt.get("aligner") or {}).get("env_interface")
