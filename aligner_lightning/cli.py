@@ -1,19 +1,28 @@
 """The LightningCLI entry point: ``python train.py fit|validate|test --config configs/X.yaml``.
 
-Adds ``--run_name`` (a predictable log directory ``lightning_logs/<run_name>``) and turns the project's own
-input errors into one clear message instead of a traceback.
+On top of LightningCLI:
+- ``--run_name`` names the log directory (``lightning_logs/<run_name>``);
+- ``fit --ckpt_path last`` resumes the named (or newest) run *in its own directory*, after checking that the
+  checkpoint is readable and matches the config, and TensorBoard drops any points logged after that checkpoint;
+- the project's own input errors print as one clear message instead of a traceback.
 """
 
 from __future__ import annotations
 
 import sys
+import warnings
+from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
 
+from aligner_lightning.checkpoints import check_resumable, read_checkpoint, resolve_last, run_root
 from aligner_lightning.datamodule import RolloutDataModule
 from aligner_lightning.errors import CheckpointError, ConfigError, TrainingDiverged
 from aligner_lightning.missions import MissionError
 from aligner_lightning.module import AlignerPPO
+
+# We fetch minibatches inside training_step on purpose (no prefetch, see datamodule.py); Lightning warns about it.
+warnings.filterwarnings("ignore", message=".*dataloader_iter.*")
 
 
 class AlignerCLI(LightningCLI):
@@ -21,12 +30,61 @@ class AlignerCLI(LightningCLI):
         parser.add_argument("--run_name", type=str | None, default=None,
                             help="Log directory name under the logger's save_dir (default: version_N).")
 
-    def before_instantiate_classes(self) -> None:
-        cfg = self.config[self.subcommand] if self.subcommand else self.config
-        run_name = cfg.get("run_name")
+    def _parse_ckpt_path(self) -> None:
+        """Replaces Lightning's, which loads the checkpoint unchecked and overrides the model config with its
+        hyperparameters. Here the command line wins, and the checkpoint must agree with it (checked later)."""
+        self._checkpoint = None
+        sub = self.config.get("subcommand")
+        if not sub:
+            return
+        cfg = self.config[sub]
+        init = self._logger_args(cfg)
+        root = run_root(init.save_dir, init.get("name")) if init is not None else Path("lightning_logs")
+        ckpt_path = cfg.get("ckpt_path")
+        if sub == "fit" and ckpt_path == "last":
+            path, cfg.run_name = resolve_last(root, cfg.run_name)
+            cfg.ckpt_path = ckpt_path = str(path)
+        if not ckpt_path:
+            return
+        self._checkpoint = read_checkpoint(ckpt_path)
+        path = Path(ckpt_path).resolve()
+        in_run = path.parent.name == "checkpoints" and path.parent.parent.parent == root.resolve()
+        if sub == "fit" and in_run and not cfg.run_name:
+            cfg.run_name = path.parent.parent.name  # continue in the run the checkpoint belongs to
+        if sub == "fit" and init is not None and "purge_step" in init:
+            # Points logged after this checkpoint (before a kill) are dropped, so the curve has no repeats.
+            init.purge_step = int(self._checkpoint["aligner"]["agent_steps"]) + 1
+
+    @staticmethod
+    def _logger_args(cfg):
         logger = cfg.trainer.get("logger")
-        if run_name and logger is not None and hasattr(logger, "init_args"):
-            logger.init_args.version = run_name
+        return logger.init_args if logger is not None and hasattr(logger, "init_args") else None
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config[self.subcommand]
+        init = self._logger_args(cfg)
+        if cfg.run_name and init is not None:
+            init.version = cfg.run_name
+
+    def _vet_checkpoint(self) -> None:
+        ckpt_path = self.config[self.subcommand].get("ckpt_path")
+        if self._checkpoint is None:
+            return
+        dm = self.datamodule
+        if self.subcommand == "fit":
+            check_resumable(self._checkpoint, Path(ckpt_path), dm.env_info, dm.geometry(), self.trainer.world_size)
+        else:
+            check_resumable(self._checkpoint, Path(ckpt_path), dm.env_info)
+        self._checkpoint = None  # Lightning loads it again itself; do not hold two copies
+
+    def before_fit(self) -> None:
+        self._vet_checkpoint()
+
+    def before_validate(self) -> None:
+        self._vet_checkpoint()
+
+    def before_test(self) -> None:
+        self._vet_checkpoint()
 
 
 def cli_main(args: list[str] | None = None) -> AlignerCLI:

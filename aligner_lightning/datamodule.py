@@ -39,6 +39,7 @@ class RolloutDataModule(L.LightningDataModule):
         update_epochs: int = 1,
         reset_lstm_on_done: bool = False,
         store_initial_state: bool = False,
+        reset_envs_each_epoch: bool = False,
     ):
         """
         Args:
@@ -58,6 +59,9 @@ class RolloutDataModule(L.LightningDataModule):
             update_epochs: passes over the buffer per epoch.
             reset_lstm_on_done: option, off in PuffeRL: zero an agent's LSTM state when its episode ends.
             store_initial_state: option, off in PuffeRL: replay each segment from its rollout-time LSTM state.
+            reset_envs_each_epoch: deterministic mode (serial only): reset every env at each epoch's start with
+                seeds from (seed, rank, env index, epoch), so a resumed run replays exactly; episodes still
+                running at an epoch's end are cut (keep episodes no longer than the rollout).
         """
         super().__init__()
         self.save_hyperparameters()
@@ -119,6 +123,8 @@ class RolloutDataModule(L.LightningDataModule):
             p.append(f"data.minibatch_size={mb}: above data.max_minibatch_size={mmb} it must be a multiple of it")
         if mmb % h:
             p.append(f"data.max_minibatch_size={mmb}: must be a multiple of data.bptt_horizon={h}")
+        if self.hparams.reset_envs_each_epoch and self.backend != "serial":
+            p.append(f"data.reset_envs_each_epoch=true needs data.backend=serial (got {self.backend!r})")
         if self.backend == "multiprocessing":
             workers = self.num_workers or 1
             if self.num_envs % workers:
@@ -137,8 +143,8 @@ class RolloutDataModule(L.LightningDataModule):
         self.factory.first_env = rank * self.num_envs
         device = self.trainer.lightning_module.device if self.trainer else torch.device("cpu")
         vecenv = make_vecenv(self.factory, self.num_envs, self.backend, self.num_workers, self.env_batch_size)
-        self.rollout = Rollout(vecenv, self.segments, self.horizon, device,
-                               self.hparams.store_initial_state, self.hparams.reset_lstm_on_done)
+        self.rollout = Rollout(vecenv, self.segments, self.horizon, device, self.hparams.store_initial_state,
+                               self.hparams.reset_lstm_on_done, self.hparams.reset_envs_each_epoch)
 
     def teardown(self, stage: str) -> None:
         if self.rollout is not None:
@@ -148,12 +154,13 @@ class RolloutDataModule(L.LightningDataModule):
     def train_dataloader(self) -> "EpochIterable":
         return EpochIterable(self)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"agent_steps": self.rollout.agent_steps if self.rollout else 0}
+    def geometry(self) -> dict[str, int]:
+        """The batch layout a checkpoint's optimizer state and schedule were built for."""
+        return {"batch_size": self.batch_size, "bptt_horizon": self.horizon, "minibatch_size": self.minibatch_size,
+                "total_agents": self.total_agents}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if self.rollout is not None:
-            self.rollout.agent_steps = state.get("agent_steps", 0)
+    def on_exception(self, exception: BaseException) -> None:
+        self.teardown("fit")  # close the envs (and any worker processes) on the way out
 
 
 class EpochIterable:
@@ -169,7 +176,7 @@ class EpochIterable:
         dm = self.dm
         module = dm.trainer.lightning_module
         rollout = dm.rollout
-        module.on_rollout_end(rollout.collect(module.policy))
+        module.on_rollout_end(rollout.collect(module.policy, module.puffer_epoch))
         beta = algorithm.anneal_beta(module.algo.prio_beta0, module.algo.prio_alpha,
                                      module.puffer_epoch, module.total_epochs)
         yield from rollout.minibatches(dm.num_minibatches, dm.minibatch_segments, module.algo, beta)

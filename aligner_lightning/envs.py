@@ -28,6 +28,7 @@ from aligner_lightning.missions import make_mission
 log = logging.getLogger(__name__)
 
 BACKENDS = ("serial", "multiprocessing", "auto")
+EPOCH_SEED_STRIDE = 100_003  # reset_envs_each_epoch: epoch e's seeds are the env's seed + e * this
 
 
 class EpisodeSummary(SimulatorEventHandler):
@@ -80,11 +81,67 @@ class EnvFactory:
             builder.seed = env_seed
         simulator = Simulator()
         simulator.add_event_handler(EpisodeSummary())
-        if self.early_reset:
-            simulator.add_event_handler(EarlyResetHandler())
-        env = MettaGridPufferEnv(simulator, cfg, buf=buf, seed=env_seed)
+        early = EarlyResetHandler() if self.early_reset else None
+        if early is not None:
+            simulator.add_event_handler(early)
+        env = SeededPufferEnv(simulator, cfg, buf=buf, seed=env_seed)
+        env.early_reset_handler = early
         set_buffers(env, buf)
         return env
+
+
+class SeededPufferEnv(MettaGridPufferEnv):
+    """Keeps the seed it was built with: PufferLib's ``async_reset(seed)`` hands every env ``seed + i`` (and
+    Multiprocessing workers overlapping ranges), which would override the (seed, rank, env index) scheme."""
+
+    early_reset_handler: EarlyResetHandler | None = None
+
+    def reset(self, seed: int | None = None):
+        return super().reset(None)
+
+    def seed_state(self) -> dict[str, Any]:
+        """What a resumed env needs to continue this env's map stream: the map-seed offset of the episode in
+        progress, and the state of the one-off early reset."""
+        early = self.early_reset_handler
+        return {
+            "map_seed_offset": max(self._simulator._map_seed_offset - 1, 0),
+            "early_reset": None if early is None else [early._should_early_reset, early._early_reset_step],
+        }
+
+    def reseed(self, epoch: int) -> None:
+        """Seeds for the next reset derived from (env seed, epoch): the deterministic-resume mode."""
+        self._epoch_base_seed = getattr(self, "_epoch_base_seed", self._current_seed)
+        self._current_seed = self._epoch_base_seed + epoch * EPOCH_SEED_STRIDE
+        self._simulator._map_seed_offset = epoch * EPOCH_SEED_STRIDE
+
+    def restore_seed_state(self, state: dict[str, Any]) -> None:
+        """Takes effect at the next reset, which replays the interrupted episode's map from its start."""
+        self._simulator._map_seed_offset = int(state["map_seed_offset"])
+        if self.early_reset_handler is not None and state["early_reset"] is not None:
+            # Both fields: construction already drew a step for the first episode, which may not have come yet.
+            self.early_reset_handler._should_early_reset, self.early_reset_handler._early_reset_step = state["early_reset"]
+
+
+def vecenv_seed_state(vecenv) -> list[dict[str, Any]] | None:
+    """Per-env seeding state of an in-process (Serial) vector env; None where envs live in worker processes."""
+    envs = getattr(vecenv, "envs", None)
+    if envs is None or not all(isinstance(e, SeededPufferEnv) for e in envs):
+        return None
+    return [env.seed_state() for env in envs]
+
+
+def reseed_vecenv(vecenv, epoch: int) -> None:
+    for env in vecenv.envs:
+        env.reseed(epoch)
+
+
+def restore_vecenv_seed_state(vecenv, states: list[dict[str, Any]]) -> bool:
+    envs = getattr(vecenv, "envs", None)
+    if envs is None or len(envs) != len(states):
+        return False
+    for env, state in zip(envs, states):
+        env.restore_seed_state(state)
+    return True
 
 
 def env_interface(factory: EnvFactory) -> PolicyEnvInterface:

@@ -19,6 +19,7 @@ import torch.distributed as dist
 from aligner_lightning import algorithm
 from aligner_lightning.errors import TrainingDiverged, raise_if
 from aligner_lightning.policy import AlignerPolicy, evaluate_actions
+from aligner_lightning.rng import capture_rng, restore_rng
 
 
 @dataclass
@@ -153,8 +154,11 @@ class AlignerPPO(L.LightningModule):
         self._explained_variance = float("nan")
 
     def on_train_start(self) -> None:
+        self._restore_rank_state()
         if self.hparams.torch_threads:
             torch.set_num_threads(self.hparams.torch_threads)
+        for scheduler in [self.lr_schedulers()] if self.hparams.anneal_lr else []:
+            scheduler.T_max = self.total_epochs  # a resume with a new budget re-targets the schedule
         if self.trainer.max_epochs in (None, -1):  # show "epoch k/N" and stop exactly where PuffeRL would
             self.trainer.fit_loop.max_epochs = -(-self.hparams.total_timesteps // self.global_batch_size)
         if self.agent_steps >= self.hparams.total_timesteps:
@@ -201,6 +205,9 @@ class AlignerPPO(L.LightningModule):
             opt.zero_grad(set_to_none=True)
             if not all(torch.isfinite(p).all() for p in self.policy.parameters()):
                 self._diverged("a parameter")
+        if batch_idx + 1 == dm.num_minibatches:
+            # Here, not in on_train_epoch_end: callbacks (checkpointing) run their epoch-end hooks first.
+            self._finish_epoch()
 
     def _diverged(self, what: str) -> None:
         raise TrainingDiverged(
@@ -208,7 +215,7 @@ class AlignerPPO(L.LightningModule):
             f"{self.agent_steps + self.datamodule.rollout.agent_steps - self._steps_at_epoch_start}; "
             "the run stopped and the last good checkpoint was kept")
 
-    def on_train_epoch_end(self) -> None:
+    def _finish_epoch(self) -> None:
         if self.hparams.anneal_lr:
             self.lr_schedulers().step()
         local_steps = self.datamodule.rollout.agent_steps - self._steps_at_epoch_start
@@ -261,21 +268,45 @@ class AlignerPPO(L.LightningModule):
 
     # -- checkpoint ----------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Beyond Lightning's state: agent steps, the env interface and batch geometry (checked on resume), and
+        every rank's RNG and env seeding state (Lightning itself saves rank 0's view only)."""
         dm = self.datamodule
-        info = dm.env_info
+        rank_state = {"rng": capture_rng(), "envs": dm.rollout.seed_state(), "agent_steps": dm.rollout.agent_steps}
+        ranks = [rank_state]
+        if self._world_size() > 1:
+            ranks = [None] * self._world_size()
+            dist.all_gather_object(ranks, rank_state)
         checkpoint["aligner"] = {
             "agent_steps": self.agent_steps,
-            "env_interface": info.model_dump_json(),
-            "geometry": {"batch_size": dm.batch_size, "bptt_horizon": dm.horizon,
-                         "minibatch_size": dm.minibatch_size, "total_agents": dm.total_agents},
-            "algo": asdict(self.algo),
+            "epoch": self.current_epoch + 1,
+            "env_interface": dm.env_info.model_dump_json(),
+            "geometry": dm.geometry(),
+            "world_size": self._world_size(),
+            "ranks": ranks,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("aligner", {})
         self.agent_steps = int(state.get("agent_steps", 0))
+        self._pending_rank_state = None
+        ranks = state.get("ranks") or []
+        rank = self.trainer.global_rank if self._trainer is not None else 0
+        if rank < len(ranks) and len(ranks) == self._world_size():
+            self._pending_rank_state = ranks[rank]
         if self.policy is None and "env_interface" in state:
             from mettagrid.policy.policy_env_interface import PolicyEnvInterface
 
             self.policy = AlignerPolicy.from_env_interface(
                 PolicyEnvInterface.model_validate_json(state["env_interface"]))
+
+    def _restore_rank_state(self) -> None:
+        """After Lightning's restore and before the first rollout: this rank's RNG, env streams, step count."""
+        state = getattr(self, "_pending_rank_state", None)
+        if state is None:
+            return
+        restore_rng(state["rng"])
+        rollout = self.datamodule.rollout
+        rollout.agent_steps = int(state["agent_steps"])
+        if state["envs"] is not None:
+            rollout.restore_seed_state(state["envs"])
+        self._pending_rank_state = None

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from aligner_lightning import algorithm
+from aligner_lightning.envs import reseed_vecenv, restore_vecenv_seed_state, vecenv_seed_state
 from aligner_lightning.policy import AlignerPolicy, sample_actions
 
 
@@ -82,7 +83,8 @@ class Rollout:
     """Owns the vector env, the buffer and the per-batch LSTM state; ``collect`` runs one epoch's rollout."""
 
     def __init__(self, vecenv, segments: int, horizon: int, device: torch.device,
-                 store_initial_state: bool = False, reset_lstm_on_done: bool = False):
+                 store_initial_state: bool = False, reset_lstm_on_done: bool = False,
+                 reset_envs_each_epoch: bool = False):
         self.vecenv = vecenv
         self.horizon = horizon
         self.device = device
@@ -91,6 +93,7 @@ class Rollout:
         self.buffer = RolloutBuffer(segments, horizon, vecenv.single_observation_space.shape, device,
                                     store_initial_state)
         self.reset_lstm_on_done = reset_lstm_on_done
+        self.reset_envs_each_epoch = reset_envs_each_epoch
         self.episodes = EpisodeStats()
         self.agent_steps = 0  # this process's env steps, all epochs
         self._lstm: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -106,9 +109,12 @@ class Rollout:
         self._started = True
 
     @torch.inference_mode()
-    def collect(self, policy: AlignerPolicy) -> dict[str, float]:
+    def collect(self, policy: AlignerPolicy, epoch: int = 0) -> dict[str, float]:
         """Fill every buffer row with fresh experience. Returns timing for the logs."""
-        if not self._started:
+        if self.reset_envs_each_epoch:  # deterministic mode: every epoch starts from envs seeded by the epoch
+            reseed_vecenv(self.vecenv, epoch)
+            self.start()
+        elif not self._started:
             self.start()
         buf, horizon, device = self.buffer, self.horizon, self.device
         segments = buf.segments
@@ -195,6 +201,15 @@ class Rollout:
             state = None if buf.initial_h is None else (buf.initial_h[idx], buf.initial_c[idx])
             yield Minibatch(idx=idx, obs=buf.obs[idx], actions=buf.actions[idx], logprobs=buf.logprobs[idx],
                             values=buf.values[idx], advantages=adv[idx], weights=weights, initial_state=state)
+
+    def seed_state(self) -> list[dict] | None:
+        return vecenv_seed_state(self.vecenv)
+
+    def restore_seed_state(self, states: list[dict]) -> None:
+        """Resume each env's map stream; applied by the first reset, so call before the first ``collect``."""
+        if self._started:
+            raise RuntimeError("restore_seed_state must run before the first rollout")
+        restore_vecenv_seed_state(self.vecenv, states)
 
     def close(self) -> None:
         self.vecenv.close()

@@ -1,0 +1,88 @@
+"""Finding and vetting the checkpoint a command resumes from, before anything is written.
+
+``--ckpt_path last`` resolves to ``<save_dir>/<name>/<run>/checkpoints/last.ckpt`` of the named run (``--run_name``)
+or, without a name, of the newest run that has one, and the run continues in that directory (stock Lightning
+opens a new ``version_N`` and silently starts from scratch, Lightning issue #18524). Every problem is reported
+as a one-line ``CheckpointError`` while the run directory is still untouched.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aligner_lightning.errors import CheckpointError
+
+
+def run_root(save_dir: str | Path, name: str | None) -> Path:
+    return Path(save_dir) / (name or "")
+
+
+def resolve_last(root: Path, run_name: str | None) -> tuple[Path, str]:
+    """The ``last.ckpt`` to resume and the run (log directory name) it belongs to."""
+    if run_name:
+        ckpt = root / run_name / "checkpoints" / "last.ckpt"
+        if not ckpt.is_file():
+            raise CheckpointError(f"--ckpt_path last: run {run_name!r} has no checkpoint at {ckpt}; "
+                                  "drop --ckpt_path to start it fresh")
+        return ckpt, run_name
+    candidates = sorted(root.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise CheckpointError(f"--ckpt_path last: no run under {root} has a last.ckpt; "
+                              "drop --ckpt_path to start a new run")
+    ckpt = candidates[-1]
+    return ckpt, ckpt.parent.parent.name
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint on CPU, turning a missing, truncated or foreign file into a clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch raises several types for a damaged zip/pickle
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(err).__name__}: {err}); "
+                              f"use an earlier one from {path.parent}") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "aligner" not in ckpt:
+        raise CheckpointError(f"checkpoint {path} is not an aligner-lightning checkpoint (no 'aligner' section)")
+    return ckpt
+
+
+def interface_mismatch(saved, current) -> list[str]:
+    """Differences between two mettagrid PolicyEnvInterfaces that make weights incompatible."""
+    problems = []
+    saved_feats = {(f.id, f.name) for f in saved.obs_features}
+    current_feats = {(f.id, f.name) for f in current.obs_features}
+    if saved_feats != current_feats:
+        only_saved = sorted(saved_feats - current_feats)[:4]
+        only_current = sorted(current_feats - saved_feats)[:4]
+        problems.append(f"observation features differ (checkpoint only: {only_saved}; config only: {only_current})")
+    if (saved.obs_height, saved.obs_width) != (current.obs_height, current.obs_width):
+        problems.append(f"observation window {saved.obs_height}x{saved.obs_width} vs "
+                        f"{current.obs_height}x{current.obs_width}")
+    if tuple(saved.observation_space.shape) != tuple(current.observation_space.shape):
+        problems.append(f"observation tokens {tuple(saved.observation_space.shape)} vs "
+                        f"{tuple(current.observation_space.shape)}")
+    if list(saved.action_names) != list(current.action_names):
+        problems.append(f"actions {list(saved.action_names)} vs {list(current.action_names)}")
+    return problems
+
+
+def check_resumable(ckpt: dict[str, Any], path: Path, env_info, geometry: dict[str, int] | None = None,
+                    world_size: int | None = None) -> None:
+    """Refuse a checkpoint whose env interface or batch geometry disagrees with the current config."""
+    from mettagrid.policy.policy_env_interface import PolicyEnvInterface
+
+    meta = ckpt["aligner"]
+    problems = interface_mismatch(PolicyEnvInterface.model_validate_json(meta["env_interface"]), env_info)
+    saved_geometry = meta.get("geometry", {})
+    for key, value in (geometry or {}).items():
+        if key in saved_geometry and saved_geometry[key] != value:
+            problems.append(f"data geometry {key}={value} but the checkpoint was trained with {saved_geometry[key]}")
+    if world_size is not None and meta.get("world_size", world_size) != world_size:
+        problems.append(f"{world_size} process(es) but the checkpoint was written by {meta['world_size']}")
+    if problems:
+        raise CheckpointError(f"checkpoint {path} does not match this config: " + "; ".join(problems))
