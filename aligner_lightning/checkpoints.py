@@ -51,23 +51,31 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-def interface_mismatch(saved, current) -> list[str]:
-    """Differences between two mettagrid PolicyEnvInterfaces that make weights incompatible."""
+def interface_mismatch(a, b,
+                       labels: tuple[str, str] = ("checkpoint", "env")) -> list[str]:
+    """What differs between two env interfaces in ways a trained policy depends on: the observation features
+    (id, name, normalization), the token shape, the observation window, the tag names (tag ids are observed
+    values) and the primary action names. Empty if the policy can run in ``b``. The agent count is ignored."""
+    la, lb = labels
     problems = []
-    saved_feats = {(f.id, f.name) for f in saved.obs_features}
-    current_feats = {(f.id, f.name) for f in current.obs_features}
-    if saved_feats != current_feats:
-        only_saved = sorted(saved_feats - current_feats)[:4]
-        only_current = sorted(current_feats - saved_feats)[:4]
-        problems.append(f"observation features differ (checkpoint only: {only_saved}; config only: {only_current})")
-    if (saved.obs_height, saved.obs_width) != (current.obs_height, current.obs_width):
-        problems.append(f"observation window {saved.obs_height}x{saved.obs_width} vs "
-                        f"{current.obs_height}x{current.obs_width}")
-    if tuple(saved.observation_space.shape) != tuple(current.observation_space.shape):
-        problems.append(f"observation tokens {tuple(saved.observation_space.shape)} vs "
-                        f"{tuple(current.observation_space.shape)}")
-    if list(saved.action_names) != list(current.action_names):
-        problems.append(f"actions {list(saved.action_names)} vs {list(current.action_names)}")
+    fa = {f.id: (f.name, f.normalization) for f in a.obs_features}
+    fb = {f.id: (f.name, f.normalization) for f in b.obs_features}
+    for side, mine, other in ((la, fa, fb), (lb, fb, fa)):
+        only = [f"{mine[i][0]}({i})" for i in sorted(mine.keys() - other.keys())]
+        if only:
+            problems.append(f"observation features only in {side}: {', '.join(only)}")
+    changed = [f"{i}: {fa[i][0]}/{fa[i][1]:g} vs {fb[i][0]}/{fb[i][1]:g}"
+               for i in sorted(fa.keys() & fb.keys()) if fa[i] != fb[i]]
+    if changed:
+        problems.append(f"observation features differ (id: name/normalization, {la} vs {lb}): {'; '.join(changed)}")
+    for what, va, vb in (
+        ("observation shape (tokens, token size)", tuple(a.observation_shape), tuple(b.observation_shape)),
+        ("observation window (height, width)", tuple(a.egocentric_shape), tuple(b.egocentric_shape)),
+        ("tags", a.tags, b.tags),
+        ("action names", a.action_names, b.action_names),
+    ):
+        if va != vb:
+            problems.append(f"{what}: {la} {va} vs {lb} {vb}")
     return problems
 
 
@@ -77,7 +85,8 @@ def check_resumable(ckpt: dict[str, Any], path: Path, env_info, geometry: dict[s
     from mettagrid.policy.policy_env_interface import PolicyEnvInterface
 
     meta = ckpt["aligner"]
-    problems = interface_mismatch(PolicyEnvInterface.model_validate_json(meta["env_interface"]), env_info)
+    problems = interface_mismatch(PolicyEnvInterface.model_validate_json(meta["env_interface"]), env_info,
+                                  labels=("checkpoint", "config"))
     saved_geometry = meta.get("geometry", {})
     for key, value in (geometry or {}).items():
         if key in saved_geometry and saved_geometry[key] != value:

@@ -49,8 +49,10 @@ class AlignerCLI(LightningCLI):
         self._checkpoint = read_checkpoint(ckpt_path)
         path = Path(ckpt_path).resolve()
         in_run = path.parent.name == "checkpoints" and path.parent.parent.parent == root.resolve()
-        if sub == "fit" and in_run and not cfg.run_name:
+        if in_run and not cfg.run_name:
             cfg.run_name = path.parent.parent.name  # continue in the run the checkpoint belongs to
+            if sub != "fit" and init is not None:
+                init.sub_dir = sub  # evaluation output (config, replays, scalars) in <run>/<sub>/, beside training's
         if sub == "fit" and init is not None and "purge_step" in init:
             # Points logged after this checkpoint (before a kill) are dropped, so the curve has no repeats.
             init.purge_step = int(self._checkpoint["aligner"]["agent_steps"]) + 1

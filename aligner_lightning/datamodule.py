@@ -154,6 +154,12 @@ class RolloutDataModule(L.LightningDataModule):
     def train_dataloader(self) -> "EpochIterable":
         return EpochIterable(self)
 
+    def val_dataloader(self) -> list[int]:
+        return [0]  # one "batch": validation_step plays this rank's evaluation episodes itself
+
+    def test_dataloader(self) -> list[int]:
+        return [0]
+
     def geometry(self) -> dict[str, int]:
         """The batch layout a checkpoint's optimizer state and schedule were built for."""
         return {"batch_size": self.batch_size, "bptt_horizon": self.horizon, "minibatch_size": self.minibatch_size,

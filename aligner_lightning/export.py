@@ -21,6 +21,7 @@ from cogames.policy.tutorial_policy import TutorialPolicyNet
 from mettagrid.policy.policy_env_interface import PolicyEnvInterface
 from mettagrid.policy.submission import POLICY_SPEC_FILENAME, SubmissionPolicySpec, write_submission_policy_spec
 
+from aligner_lightning.checkpoints import interface_mismatch, read_checkpoint
 from aligner_lightning.errors import CheckpointError
 from aligner_lightning.missions import MissionError, make_mission
 
@@ -29,54 +30,15 @@ WEIGHTS_FILENAME = "weights.pt"
 POLICY_PREFIX = "policy."  # AlignerPPO keeps the network in ``self.policy``
 
 
-def interface_mismatch(a: PolicyEnvInterface, b: PolicyEnvInterface,
-                       labels: tuple[str, str] = ("checkpoint", "env")) -> list[str]:
-    """What differs between two env interfaces in ways a trained policy depends on: the observation features
-    (id, name, normalization), the token shape, the observation window, the tag names (tag ids are observed
-    values) and the primary action names. Empty if the policy can run in ``b``. The agent count is ignored."""
-    la, lb = labels
-    problems = []
-    fa = {f.id: (f.name, f.normalization) for f in a.obs_features}
-    fb = {f.id: (f.name, f.normalization) for f in b.obs_features}
-    for side, mine, other in ((la, fa, fb), (lb, fb, fa)):
-        only = [f"{mine[i][0]}({i})" for i in sorted(mine.keys() - other.keys())]
-        if only:
-            problems.append(f"observation features only in {side}: {', '.join(only)}")
-    changed = [f"{i}: {fa[i][0]}/{fa[i][1]:g} vs {fb[i][0]}/{fb[i][1]:g}"
-               for i in sorted(fa.keys() & fb.keys()) if fa[i] != fb[i]]
-    if changed:
-        problems.append(f"observation features differ (id: name/normalization, {la} vs {lb}): {'; '.join(changed)}")
-    for what, va, vb in (
-        ("observation shape (tokens, token size)", tuple(a.observation_shape), tuple(b.observation_shape)),
-        ("observation window (height, width)", tuple(a.egocentric_shape), tuple(b.egocentric_shape)),
-        ("tags", a.tags, b.tags),
-        ("action names", a.action_names, b.action_names),
-    ):
-        if va != vb:
-            problems.append(f"{what}: {la} {va} vs {lb} {vb}")
-    return problems
-
-
 def load_policy_checkpoint(ckpt_path: str | Path) -> tuple[dict[str, torch.Tensor], PolicyEnvInterface]:
     """The policy's bare state_dict and env interface from an AlignerPPO checkpoint; CheckpointError if the
     file is missing, unreadable, not from AlignerPPO, or its weights do not fit ``TutorialPolicyNet``."""
     path = Path(ckpt_path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path}: no such file")
+    ckpt = read_checkpoint(path)
     try:
-        ckpt: Any = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # torch raises many kinds on a truncated or foreign file
-        raise CheckpointError(f"checkpoint {path}: unreadable, truncated or not a torch file "
-                              f"({type(e).__name__}: {_first_line(e)})") from e
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
-        raise CheckpointError(f"checkpoint {path}: no state_dict (not a Lightning checkpoint)")
-    interface_json = (ckpt.get("aligner") or {}).get("env_interface")
-    if interface_json is None:
-        raise CheckpointError(f"checkpoint {path}: no aligner.env_interface (not saved by AlignerPPO)")
-    try:
-        info = PolicyEnvInterface.model_validate_json(interface_json)
-    except ValueError as e:
-        raise CheckpointError(f"checkpoint {path}: bad env interface ({_first_line(e)})") from e
+        info = PolicyEnvInterface.model_validate_json(ckpt["aligner"]["env_interface"])
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path}: missing or bad env interface ({_first_line(e)})") from e
 
     weights = {k.removeprefix(POLICY_PREFIX): v for k, v in ckpt["state_dict"].items() if k.startswith(POLICY_PREFIX)}
     try:

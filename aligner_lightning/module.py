@@ -9,16 +9,22 @@ over ranks) have been collected. Metrics go to the logger against agent steps, n
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Iterator
 
 import lightning as L
 import torch
 import torch.distributed as dist
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.tensorboard import SummaryWriter
+from torchmetrics.aggregation import CatMetric
 
 from aligner_lightning import algorithm
 from aligner_lightning.errors import TrainingDiverged, raise_if
+from aligner_lightning.evaluate import METRICS, EvalSettings, PolicyActor, evaluate, format_table
 from aligner_lightning.policy import AlignerPolicy, evaluate_actions
+from aligner_lightning.render import log_episode_media
 from aligner_lightning.rng import capture_rng, restore_rng
 
 
@@ -60,6 +66,12 @@ class AlignerPPO(L.LightningModule):
         prio_alpha: float = 0.8,
         prio_beta0: float = 0.2,
         torch_threads: int | None = None,
+        eval_episodes: int = 8,
+        eval_greedy: bool = False,
+        eval_seed_base: int = 1_000_000_000,
+        eval_replays: int = 1,
+        eval_video: bool = True,
+        eval_max_steps: int | None = None,
     ):
         """
         Args:
@@ -82,6 +94,12 @@ class AlignerPPO(L.LightningModule):
             prio_alpha: prioritized replay exponent on the segment's summed |advantage|.
             prio_beta0: initial importance-sampling exponent (annealed to beta0 + (1 - beta0) * alpha).
             torch_threads: torch intra-op threads (None: leave torch's default).
+            eval_episodes: episodes per evaluation (validate/test, and every trainer.check_val_every_n_epoch).
+            eval_greedy: act by argmax instead of sampling (cogames' tools sample).
+            eval_seed_base: evaluation episode k plays map seed eval_seed_base + k (held out from training).
+            eval_replays: episodes per evaluation saved as MettaScope replays under <run>/replays/.
+            eval_video: log an animation of one evaluation episode to TensorBoard.
+            eval_max_steps: episode length override for evaluation (null: the mission's).
         """
         super().__init__()
         self.save_hyperparameters()
@@ -92,6 +110,9 @@ class AlignerPPO(L.LightningModule):
         self.policy: AlignerPolicy | None = None
         self.agent_steps = 0  # global (all ranks)
         self._validate()
+        self.eval_settings = EvalSettings(episodes=eval_episodes, greedy=eval_greedy, seed_base=eval_seed_base,
+                                          replays=eval_replays, frames=eval_video, max_steps=eval_max_steps)
+        self._eval_values = torch.nn.ModuleDict({k: CatMetric() for k in METRICS})
         self._reset_epoch_stats()
 
     def _validate(self) -> None:
@@ -265,6 +286,60 @@ class AlignerPPO(L.LightningModule):
             value = value.to(self.device)
             dist.all_reduce(value)
         return value.cpu()
+
+    # -- evaluation (validate, test, and periodic validation during fit) ----------------------------------------
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._play_evaluation("validate")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._play_evaluation("test")
+
+    def _play_evaluation(self, stage: str) -> None:
+        """This rank's share of the episodes, on held-out maps disjoint from every other rank's."""
+        world, rank = self.trainer.world_size, self.global_rank
+        share = -(-self.eval_settings.episodes // world)
+        settings = replace(self.eval_settings, episodes=share,
+                           replays=min(self.eval_settings.replays, share) if rank == 0 else 0,
+                           frames=self.eval_settings.frames and rank == 0)
+        log_dir = self.trainer.log_dir
+        replay_dir = Path(log_dir) / "replays" / f"{stage}_agent_steps={self.agent_steps}" if log_dir else None
+        actor = PolicyActor(self.policy, self.device, greedy=settings.greedy)
+        dm = self.datamodule
+        self._eval_result = evaluate(actor, dm.hparams.mission, dm.mission_overrides, settings, replay_dir,
+                                     episode_offset=rank * share)
+        for episode in self._eval_result.episodes:
+            for key, value in episode.items():
+                self._eval_values[key].update(torch.tensor(value, dtype=torch.float32, device=self.device))
+
+    def on_validation_epoch_end(self) -> None:
+        self._report_evaluation("validate")
+
+    def on_test_epoch_end(self) -> None:
+        self._report_evaluation("test")
+
+    def _report_evaluation(self, stage: str) -> None:
+        """Pool the episodes of all ranks (torchmetrics), then log mean and std against agent steps."""
+        summary = {}
+        for key, metric in self._eval_values.items():
+            values = metric.compute().reshape(-1).float()
+            metric.reset()
+            summary[key] = (float(values.mean()), float(values.std(unbiased=False)) if values.numel() > 1 else 0.0)
+        count = int(values.numel())
+        metrics = {f"eval/{k}": m for k, (m, _) in summary.items()}
+        metrics.update({f"eval/{k}_std": sd for k, (_, sd) in summary.items()})
+        self.log_dict(metrics, logger=False, batch_size=1, rank_zero_only=True)  # Lightning's results table
+        if self.global_rank != 0:
+            return
+        if self.logger is not None:
+            self.logger.log_metrics(metrics, step=self.agent_steps)
+            frames = getattr(self, "_eval_result", None) and self._eval_result.frames
+            experiment = getattr(self.logger, "experiment", None)
+            if frames and isinstance(experiment, SummaryWriter):
+                log_episode_media(experiment, "eval/episode", frames, step=self.agent_steps)
+        replays = ", ".join(str(p) for p in self._eval_result.replay_paths) or "none"
+        rank_zero_info(f"\n{stage} at {self.agent_steps} agent steps, {count} episodes "
+                       f"({'greedy' if self.eval_settings.greedy else 'sampled'} actions, map seeds from "
+                       f"{self.eval_settings.seed_base}):\n{format_table(summary, count)}\nreplays: {replays}")
 
     # -- checkpoint ----------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

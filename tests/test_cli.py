@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
+import zlib
 import sys
 from pathlib import Path
 
@@ -27,16 +29,21 @@ def scalars(run_dir: Path) -> dict[str, list]:
     return {tag: acc.Scalars(tag) for tag in acc.Tags()["scalars"]}
 
 
-def test_debug_fit_from_printed_config(tmp_path):
-    """--print_config output is valid input, and a fit from it logs the named scalars and a last.ckpt."""
-    printed = run_train(["fit", "--config", DEBUG, "--print_config"], tmp_path)
+@pytest.fixture(scope="module")
+def debug_run(tmp_path_factory) -> Path:
+    """--print_config output is valid input: the debug fit runs from the printed config."""
+    tmp = tmp_path_factory.mktemp("debug")
+    printed = run_train(["fit", "--config", DEBUG, "--print_config"], tmp)
     assert printed.returncode == 0, printed.stderr
-    cfg = tmp_path / "printed.yaml"
+    cfg = tmp / "printed.yaml"
     cfg.write_text(printed.stdout)
-
-    out = run_train(["fit", "--config", str(cfg), "--run_name", "smoke"], tmp_path)
+    out = run_train(["fit", "--config", str(cfg), "--run_name", "smoke"], tmp)
     assert out.returncode == 0, out.stderr[-3000:]
-    run_dir = tmp_path / "lightning_logs" / "smoke"
+    return tmp
+
+
+def test_debug_fit_logs_scalars_and_checkpoints(debug_run):
+    run_dir = debug_run / "lightning_logs" / "smoke"
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert (run_dir / "config.yaml").is_file() and (run_dir / "hparams.yaml").is_file()
     logged = scalars(run_dir)
@@ -76,3 +83,32 @@ def test_missing_config_file(tmp_path):
     out = run_train(["fit", "--config", str(tmp_path / "missing.yaml")], tmp_path, timeout=120)
     assert out.returncode != 0
     assert "missing.yaml" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_periodic_evaluation_during_fit(debug_run):
+    logged = scalars(debug_run / "lightning_logs" / "smoke")
+    assert [e.step for e in logged["eval/junctions_aligned"]] == [2048, 4096]  # every 4 epochs of 512 steps
+
+
+def test_test_subcommand_evaluates_a_checkpoint(debug_run):
+    ckpt = debug_run / "lightning_logs/smoke/checkpoints/last.ckpt"
+    out = run_train(["test", "--config", DEBUG, "--ckpt_path", str(ckpt), "--model.eval_episodes", "2"], debug_run)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "junctions_aligned" in out.stdout + out.stderr  # the printed table
+    test_dir = debug_run / "lightning_logs/smoke/test"  # beside the run's own logs, its config untouched
+    logged = scalars(test_dir)
+    for key in ("return", "junctions_aligned", "aligned_held_avg", "hearts_used", "deaths", "first_alignment_step"):
+        assert f"eval/{key}" in logged and f"eval/{key}_std" in logged
+        assert logged[f"eval/{key}"][0].step == 4096  # x-axis: the checkpoint's agent steps
+    (replay,) = test_dir.glob("replays/*/*.json.z")
+    replay_json = json.loads(zlib.decompress(replay.read_bytes()))
+    assert {"version", "map_size", "num_agents", "objects", "action_names"} <= replay_json.keys()
+    acc = EventAccumulator(str(test_dir), size_guidance={"images": 0})
+    acc.Reload()
+    assert "eval/episode" in acc.Tags()["images"]  # the animated episode
+
+
+def test_validate_subcommand_runs(tmp_path):
+    out = run_train(["validate", "--config", DEBUG, "--model.eval_episodes", "1", "--model.eval_video", "false",
+                     "--model.eval_replays", "0"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]

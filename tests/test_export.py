@@ -86,14 +86,14 @@ def test_missing_and_truncated_checkpoints(tmp_path, smoke_info, capsys):
     truncated = tmp_path / "truncated.ckpt"
     truncated.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
 
-    for path, message in ((tmp_path / "nope.ckpt", "no such file"), (truncated, "unreadable")):
+    for path, message in ((tmp_path / "nope.ckpt", "does not exist"), (truncated, "corrupt or truncated")):
         assert main(["--ckpt", str(path), "--out", str(tmp_path / "out")]) == 2
         err = capsys.readouterr().err.strip()
         assert str(path) in err and message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists()
 
     torch.save({"state_dict": {}}, tmp_path / "foreign.ckpt")
-    with pytest.raises(CheckpointError, match="env_interface"):
+    with pytest.raises(CheckpointError, match="not an aligner-lightning checkpoint"):
         export_bundle(tmp_path / "foreign.ckpt", tmp_path / "out")
 
 
