@@ -85,8 +85,9 @@ class GracefulStop(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore()
+        log_dir = trainer.log_dir  # a collective under DDP: every rank asks
         if self.requested and trainer.is_global_zero:
-            ckpt = Path(trainer.log_dir or ".") / "checkpoints" / "last.ckpt"
+            ckpt = Path(log_dir or ".") / "checkpoints" / "last.ckpt"
             print(f"stopped by {self.requested} after epoch {trainer.current_epoch}; resume with "
                   f"--ckpt_path last (checkpoint: {ckpt})", flush=True)
 

@@ -67,6 +67,9 @@ class AlignerCLI(LightningCLI):
         init = self._logger_args(cfg)
         if cfg.run_name and init is not None:
             init.version = cfg.run_name
+        if cfg.trainer.get("enable_progress_bar") is False and cfg.trainer.get("callbacks"):
+            # --trainer.enable_progress_bar false should just work with the configs' RichProgressBar.
+            cfg.trainer.callbacks = [c for c in cfg.trainer.callbacks if "ProgressBar" not in str(c.class_path)]
 
     def _vet_checkpoint(self) -> None:
         ckpt_path = self.config[self.subcommand].get("ckpt_path")

@@ -105,7 +105,7 @@ class Rollout:
 
     def start(self) -> None:
         """Reset every env (each with its own seed) once, before the first epoch."""
-        self.vecenv.async_reset(None)
+        self.vecenv.async_reset(0)  # the number is ignored: SeededPufferEnv keeps its (seed, rank, index) seed
         self._started = True
 
     @torch.inference_mode()

@@ -51,16 +51,20 @@ def finish(proc: subprocess.Popen, timeout: int = 240) -> tuple[int, str, str]:
     return proc.returncode, out, err
 
 
-def leftovers(session: int) -> list[int]:
-    """Processes still alive in the run's session (env workers, stray children)."""
-    alive = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if os.getsid(int(pid)) == session:
-                alive.append(int(pid))
-        except (ProcessLookupError, PermissionError):
-            pass
-    return alive
+def leftovers(session: int, grace: float = 10.0) -> list[int]:
+    """Processes of the run's session (env workers, DDP ranks) still alive ``grace`` seconds after it ended."""
+    deadline = time.time() + grace
+    while True:
+        alive = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                if os.getsid(int(pid)) == session and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z":
+                    alive.append(int(pid))
+            except (OSError, IndexError):
+                pass
+        if not alive or time.time() > deadline:
+            return alive
+        time.sleep(0.2)
 
 
 def train(cfg: Path, tmp_path: Path, *args: str) -> tuple[int, str, str]:
