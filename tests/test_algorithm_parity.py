@@ -65,8 +65,8 @@ def test_epoch_update_matches_pufferl_train(monkeypatch, max_minibatch_size):
     snapshot = {}
     real_collect = Rollout.collect
 
-    def collect_and_snapshot(self, policy):
-        timing = real_collect(self, policy)
+    def collect_and_snapshot(self, policy, epoch):
+        timing = real_collect(self, policy, epoch)
         buf = self.buffer
         snapshot["buffer"] = {k: getattr(buf, k).clone() for k in ("obs", "actions", "logprobs", "values",
                                                                     "rewards", "terminals")}

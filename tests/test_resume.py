@@ -175,8 +175,8 @@ def _main(monkeypatch, capsys, cwd: Path, argv: list[str]) -> str:
     "data, expected",
     [
         ({"batch_size": 1024}, "data geometry batch_size=1024 but the checkpoint was trained with 512"),
-        ({"mission_overrides": {"max_steps": 63, "num_tokens": 100}}, "observation tokens (200, 3) vs (100, 3)"),
-        ({"mission_overrides": {"max_steps": 63, "territory_obs": False}}, "observation features differ"),
+        ({"mission_overrides": {"max_steps": 63, "num_tokens": 100}}, "observation shape (tokens, token size): checkpoint (200, 3) vs config (100, 3)"),
+        ({"mission_overrides": {"max_steps": 63, "territory_obs": False}}, "observation features only in checkpoint: territory"),
     ],
 )
 def test_incompatible_checkpoint_is_refused_before_anything_is_written(monkeypatch, capsys, finished_run, data,
