@@ -5,7 +5,7 @@ indices are the trainer's), with no early reset, so every episode is a full one.
 
 Held-out maps. Episode k of a call is built with map seed ``seed_base + episode_offset + k``; ``episode_offset``
 lets DDP ranks play disjoint seeds (rank r: ``r * episodes``). As for every ``MettaGridPufferEnv``, the
-env's reset plays the generator's map for that seed + 1 (docs/mission.md, "Map seeds and episodes"). Training
+env's reset plays the generator's map for that seed + 1 (README, Mission, "Map seeds and episodes"). Training
 env i starts at map seed ``42 + i * seed_stride`` and advances by one per episode, so training plays seeds
 in the thousands to millions; the default ``seed_base`` of 10^9 keeps evaluation maps out of that range.
 Missions with a fixed map (``smoke``) replay their map; the seed then varies the simulation's randomness.

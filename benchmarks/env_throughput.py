@@ -30,35 +30,29 @@ def make_env_creator(mission: str):
     return create
 
 
-def time_single(mission: str, steps: int) -> float:
-    env = make_env_creator(mission)()
-    env.reset()
+def _time_steps(env, steps: int) -> float:
+    """Random-action agent-steps/s of anything with ``step``, ``num_agents`` and ``single_action_space``."""
     rng = np.random.default_rng(0)
-    n = int(env.single_action_space.n)
-    actions = rng.integers(0, n, size=(steps, env.num_agents), dtype=np.int32)
+    actions = rng.integers(0, int(env.single_action_space.n), size=(steps, env.num_agents), dtype=np.int32)
     start = time.perf_counter()
     for t in range(steps):
         env.step(actions[t])
     elapsed = time.perf_counter() - start
-    agents = env.num_agents
     env.close()
-    return steps * agents / elapsed
+    return steps * env.num_agents / elapsed
+
+
+def time_single(mission: str, steps: int) -> float:
+    env = make_env_creator(mission)()
+    env.reset()
+    return _time_steps(env, steps)
 
 
 def time_serial(mission: str, steps: int, num_envs: int) -> float:
     creator = make_env_creator(mission)
     vecenv = pufferlib.vector.Serial([creator] * num_envs, [()] * num_envs, [{}] * num_envs, num_envs)
     vecenv.reset(seed=0)
-    rng = np.random.default_rng(0)
-    n = int(vecenv.single_action_space.n)
-    actions = rng.integers(0, n, size=(steps, vecenv.num_agents), dtype=np.int32)
-    start = time.perf_counter()
-    for t in range(steps):
-        vecenv.step(actions[t])
-    elapsed = time.perf_counter() - start
-    agents = vecenv.num_agents
-    vecenv.close()
-    return steps * agents / elapsed
+    return _time_steps(vecenv, steps)
 
 
 def time_reset(mission: str, resets: int = 20) -> float:

@@ -24,6 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from env_throughput import time_serial  # noqa: E402  (the env-only ceiling: Serial x 4, random actions)
+
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -84,26 +86,6 @@ def run_ours(epochs: int, threads: int, mission: str) -> dict:
     }
 
 
-def env_ceiling(mission: str, steps: int = 3000) -> float:
-    """Random-action agent-steps/s of the same Serial vector env (4 envs), the rollout's upper bound."""
-    import numpy as np
-
-    from aligner_lightning.envs import EnvFactory, make_vecenv
-
-    vecenv = make_vecenv(EnvFactory(mission=mission, seed=42), 4)
-    vecenv.async_reset(None)
-    rng = np.random.default_rng(0)
-    actions = rng.integers(0, 5, (steps, vecenv.num_agents)).astype(np.int32)
-    vecenv.recv()
-    t0 = time.perf_counter()
-    for a in actions:
-        vecenv.send(a)
-        vecenv.recv()
-    elapsed = time.perf_counter() - t0
-    vecenv.close()
-    return steps * vecenv.num_agents / elapsed
-
-
 def _subprocess(kind: str, epochs: int, threads: int, mission: str) -> dict:
     cmd = [sys.executable, __file__, "--worker", kind, "--epochs", str(epochs), "--threads", str(threads),
            "--mission", mission]
@@ -134,7 +116,7 @@ def main() -> None:
             results[kind].append(res)
             print(f"round {r + 1} {kind:8s} " + " ".join(f"{k}={v:,.0f}" for k, v in res.items()), flush=True)
     med = {k: {m: statistics.median(x[m] for x in v) for m in v[0]} for k, v in results.items()}
-    ceiling = env_ceiling(args.mission)
+    ceiling = time_serial(args.mission, 3000, 4)
     print(f"\nmission={args.mission} epochs/round={args.epochs} rounds={args.rounds} torch_threads={args.threads}")
     print(f"PuffeRL  median SPS {med['pufferl']['sps']:8,.0f}   peak RSS {med['pufferl']['peak_rss_mb']:6,.0f} MB")
     print(f"ours     median SPS {med['ours']['sps']:8,.0f}   peak RSS {med['ours']['peak_rss_mb']:6,.0f} MB")

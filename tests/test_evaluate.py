@@ -92,7 +92,7 @@ def test_media_logged_to_tensorboard(tmp_path):
 def test_scripted_team_aligns_and_random_does_not():
     """The metrics measure the mission: the scripted team aligns nearly every junction, a random actor none.
 
-    seed_base 0 plays MapGen seed 1 (the env's reset), whose row in docs/mission.md reads 59 aligned, first
+    seed_base 0 plays MapGen seed 1 (the env's reset), whose row in the README's Mission section reads 59 aligned, first
     at step 29, 48,525 held.
     """
     with pytest.warns(UserWarning, match="below"):

@@ -323,7 +323,7 @@ def test_random_policy_aligns_nothing_and_stats_exist() -> None:
     """§14: uniform over the 12 action names (the 7 vibe changes leave the body still) aligns nothing.
 
     Uniform over the 5 primary actions alone moves more and occasionally aligns (7 in 10 episodes
-    measured, see docs/mission.md), so this is the spec's random baseline, not a pure random walk.
+    measured, see the README's Mission section), so this is the spec's random baseline, not a pure random walk.
     """
     env = MettaGridPufferEnv(Simulator(), make_mission("aligner_tutorial", map_seed=0))
     env.reset()
