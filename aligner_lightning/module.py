@@ -214,14 +214,13 @@ class AlignerPPO(L.LightningModule):
             self._loss_sums[k] = self._loss_sums.get(k, 0.0) + v
         self._num_minibatches += 1
 
-        if not torch.isfinite(loss):
-            self._diverged("the loss")
         self.manual_backward(loss)
         if (batch_idx + 1) % dm.accumulation_steps == 0:
             opt = self.optimizers()
+            # Checked after DDP's all-reduce, so a NaN on any rank stops every rank at the same step (no hang).
             grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.hparams.max_grad_norm)
             if not torch.isfinite(grad_norm):
-                self._diverged("a gradient")
+                self._diverged("the loss or a gradient")
             opt.step()
             opt.zero_grad(set_to_none=True)
             if not all(torch.isfinite(p).all() for p in self.policy.parameters()):
