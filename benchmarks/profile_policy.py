@@ -1,0 +1,97 @@
+"""Where the network's time goes, and what each speed change bought: cogames' TutorialPolicyNet (what PuffeRL
+runs: dense 13x13 token grid, a length-1 nn.LSTM per rollout step) against our AlignerPolicy (tokens fed to
+the first convolution directly, torch.lstm_cell per rollout step), on real aligner observations.
+
+    python benchmarks/profile_policy.py [--threads 2] [--ops]
+
+Prints milliseconds per call (median of repeats); with --ops, the top torch-profiler ops of our training pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from conftest import random_observations  # noqa: E402
+from cogames.policy.tutorial_policy import TutorialPolicyNet  # noqa: E402
+
+from aligner_lightning.envs import EnvFactory, env_interface  # noqa: E402
+from aligner_lightning.policy import AlignerPolicy  # noqa: E402
+
+
+def timed(fn, repeats: int, inner: int) -> float:
+    """Median milliseconds per call."""
+    fn()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        samples.append((time.perf_counter() - start) / inner * 1e3)
+    return statistics.median(samples)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--ops", action="store_true", help="print the top ops of our training pass")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    factory = EnvFactory(mission="aligner_tutorial", seed=42)
+    info = env_interface(factory)
+    frames = random_observations(factory, 256)  # [256 steps, 4 agents, 200, 3]
+    step_obs = frames[:4].reshape(16, 200, 3).contiguous()  # one rollout step: 4 envs x 4 agents
+    train_obs = frames.transpose(0, 1).reshape(16, 64, 200, 3).repeat(4, 1, 1, 1).contiguous()  # [64, 64, ...]
+    torch.manual_seed(0)
+    ours = AlignerPolicy.from_env_interface(info)
+    theirs = TutorialPolicyNet(info)
+    theirs.load_state_dict(ours.state_dict())
+    h, c = ours.initial_state(16)
+    rnn = ours._rnn
+
+    def ours_step_with_nn_lstm():  # our encoder, cogames' length-1 nn.LSTM
+        x = ours.encode(step_obs).unsqueeze(1)
+        out, _ = rnn(x, (h.unsqueeze(0), c.unsqueeze(0)))
+        return ours._action_head(out[:, 0]), ours._value_head(out[:, 0])
+
+    def train_pass(net):
+        net.zero_grad(set_to_none=True)
+        logits, values = net(train_obs)
+        (logits.float().square().mean() + values.float().square().mean()).backward()
+
+    print(f"torch threads {args.threads}; rollout step = 16 agents, training pass = 64 segments x 64 steps")
+    with torch.inference_mode():
+        rows = [
+            ("rollout step: cogames net (grid + conv, nn.LSTM x1)",
+             timed(lambda: theirs(step_obs, {"lstm_h": h, "lstm_c": c}), 7, 50)),
+            ("rollout step: ours, but nn.LSTM x1", timed(ours_step_with_nn_lstm, 7, 50)),
+            ("rollout step: ours (token conv, lstm_cell)", timed(lambda: ours.step(step_obs, h, c), 7, 50)),
+            ("  of which first conv: cogames grid + conv", timed(lambda: theirs._cnn[0](theirs._tokens_to_grid(step_obs)), 7, 50)),
+            ("  of which first conv: ours from tokens", timed(lambda: ours._first_conv(*ours._decode(step_obs)), 7, 50)),
+        ]
+    rows += [
+        ("training fwd+bwd: cogames net", timed(lambda: train_pass(theirs), 3, 1)),
+        ("training fwd+bwd: ours", timed(lambda: train_pass(ours), 3, 1)),
+    ]
+    for label, ms in rows:
+        print(f"{label:<58} {ms:9.2f} ms")
+
+    if args.ops:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            train_pass(ours)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+
+
+if __name__ == "__main__":
+    main()
