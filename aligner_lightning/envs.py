@@ -8,13 +8,13 @@ Ranks continue the numbering: global env index = rank * num_envs + i, so no two 
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pufferlib.vector as pvector
+from lightning.pytorch.utilities import rank_zero_info
 from mettagrid.config.mettagrid_config import MettaGridConfig
 from mettagrid.envs.early_reset_handler import EarlyResetHandler
 from mettagrid.envs.mettagrid_puffer_env import MettaGridPufferEnv
@@ -24,8 +24,6 @@ from mettagrid.simulator import Simulator, SimulatorEventHandler
 from pufferlib.pufferlib import set_buffers
 
 from aligner_lightning.missions import make_mission
-
-log = logging.getLogger(__name__)
 
 BACKENDS = ("serial", "multiprocessing", "auto")
 EPOCH_SEED_STRIDE = 100_003  # reset_envs_each_epoch: epoch e's seeds are the env's seed + e * this
@@ -158,7 +156,7 @@ def resolve_backend(backend: str, num_envs: int, num_workers: int | None) -> tup
     else:
         workers = max(w for w in range(1, min(cores // 2, num_envs) + 1) if num_envs % w == 0)
         choice = ("multiprocessing", workers)
-    log.info("env backend auto: %d cores, %d envs -> %s with %d worker(s)", cores, num_envs, *choice)
+    rank_zero_info(f"data.backend=auto: {cores} cores, {num_envs} envs -> {choice[0]} with {choice[1]} worker(s)")
     return choice
 
 

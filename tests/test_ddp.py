@@ -73,3 +73,12 @@ def test_multiprocessing_backend_with_async_batches(tmp_path):
     code, _, err = train(cfg, tmp_path, "--run_name", "mp", "--model.torch_threads", "1")
     assert code == 0, err[-3000:]
     assert load(tmp_path / "lightning_logs/mp/checkpoints/last.ckpt")["aligner"]["agent_steps"] >= 2 * EPOCH_STEPS
+
+
+@pytest.mark.parametrize("cores, num_envs, expected", [(2, 4, ("serial", 1)), (8, 4, ("multiprocessing", 4)),
+                                                       (8, 6, ("multiprocessing", 3)), (16, 1, ("serial", 1))])
+def test_auto_backend_follows_the_core_count(monkeypatch, cores, num_envs, expected):
+    from aligner_lightning import envs
+
+    monkeypatch.setattr(envs.os, "sched_getaffinity", lambda _pid: set(range(cores)))
+    assert envs.resolve_backend("auto", num_envs, None) == expected
