@@ -265,17 +265,19 @@ class AlignerPPO(L.LightningModule):
         return metrics
 
     def _episode_means(self) -> dict[str, float]:
-        """Means of the episodes finished this epoch, pooled over ranks (sums and counts, not per-rank means)."""
-        sums, counts = self.datamodule.rollout.episodes.pop()
+        """Per-episode means over the episodes finished this epoch on all ranks (pooled sums and counts)."""
+        sums, episodes = self.datamodule.rollout.episodes.pop()
         if self._world_size() > 1:
             gathered: list = [None] * self._world_size()
-            dist.all_gather_object(gathered, (sums, counts))
-            sums, counts = {}, {}
-            for s, c in gathered:
-                for k in s:
-                    sums[k] = sums.get(k, 0.0) + s[k]
-                    counts[k] = counts.get(k, 0) + c[k]
-        return {f"environment/{k}": sums[k] / counts[k] for k in sorted(sums) if counts[k]}
+            dist.all_gather_object(gathered, (sums, episodes))
+            sums, episodes = {}, 0
+            for rank_sums, rank_episodes in gathered:
+                episodes += rank_episodes
+                for k, v in rank_sums.items():
+                    sums[k] = sums.get(k, 0.0) + v
+        if not episodes:
+            return {}
+        return {f"environment/{k}": v / episodes for k, v in sorted(sums.items())}
 
     def _world_size(self) -> int:
         return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1

@@ -61,22 +61,29 @@ class RolloutBuffer:
 
 @dataclass
 class EpisodeStats:
-    """Sums and counts of the finished episodes' info values since the last ``pop``."""
+    """Sums of the finished episodes' info values, and how many episodes, since the last ``pop``.
+
+    mettagrid leaves a stat out of an episode's info when it is 0, so a key missing from an episode counts as 0
+    and every mean is over all episodes. (PuffeRL averages each key over the episodes that have it, which
+    inflates rare events such as alignments early in training.)
+    """
 
     sums: dict[str, float] = field(default_factory=lambda: defaultdict(float))
-    counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    episodes: int = 0
 
     def add(self, info: dict) -> None:
+        if "episode_return" not in info:  # resets hand back empty infos
+            return
+        self.episodes += 1
         for k, v in info.items():
             if isinstance(v, (int, float, np.floating, np.integer)):
                 self.sums[k] += float(v)
-                self.counts[k] += 1
 
-    def pop(self) -> tuple[dict[str, float], dict[str, int]]:
-        sums, counts = dict(self.sums), dict(self.counts)
+    def pop(self) -> tuple[dict[str, float], int]:
+        sums, episodes = dict(self.sums), self.episodes
         self.sums.clear()
-        self.counts.clear()
-        return sums, counts
+        self.episodes = 0
+        return sums, episodes
 
 
 class Rollout:
