@@ -8,6 +8,7 @@ the previous step has written its ratios and values back. Everything runs in the
 
 from __future__ import annotations
 
+import os
 from typing import Any, Iterator
 
 import lightning as L
@@ -129,6 +130,10 @@ class RolloutDataModule(L.LightningDataModule):
             workers = self.num_workers or 1
             if self.num_envs % workers:
                 p.append(f"data.num_workers={workers}: must divide data.num_envs={self.num_envs}")
+            cores = os.cpu_count() or 1
+            if workers > cores:
+                p.append(f"data.num_workers={workers}: more than this machine's {cores} cores (PufferLib refuses); "
+                         f"use at most {cores}, or data.backend=auto")
             eb = self.env_batch_size or self.num_envs
             if eb % (self.num_envs // max(workers, 1)) or self.num_envs % eb:
                 p.append(f"data.env_batch_size={eb}: must divide data.num_envs={self.num_envs} and be a multiple "

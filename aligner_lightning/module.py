@@ -243,7 +243,7 @@ class AlignerPPO(L.LightningModule):
         self.agent_steps += epoch_steps
         elapsed = time.perf_counter() - self._epoch_start
         self._timing["train_time"] = time.perf_counter() - self._train_start
-        metrics = self._epoch_metrics(epoch_steps / max(elapsed, 1e-9))
+        metrics = self._epoch_metrics(local_steps / max(elapsed, 1e-9))  # summed over ranks inside
         if self.logger is not None:
             self.logger.log_metrics(metrics, step=self.agent_steps)
         self.log_dict({"agent_steps": float(self.agent_steps), "SPS": metrics["SPS"],

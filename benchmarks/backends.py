@@ -34,15 +34,18 @@ SETTINGS: dict[str, tuple[str, list[str]]] = {
                                 "--model.torch_threads", THREADS]),
     "ddp2": ("DDP, 2 processes (global batch 8192)", ["--trainer.strategy", "ddp", "--trainer.devices", "2",
                                                       "--model.torch_threads", THREADS]),
+    "ddp2_split": ("DDP, 2 processes x 2 envs (global batch 4096, as the seed)",
+                   ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--model.torch_threads", THREADS,
+                    "--data.num_envs", "2", "--data.batch_size", "2048", "--data.minibatch_size", "2048"]),
 }
 
 
 def run(name: str, epochs: int, extra: list[str]) -> list[float]:
     with tempfile.TemporaryDirectory() as tmp:
-        world = 2 if "ddp2" == name else 1
+        world = 2 if name.startswith("ddp2") else 1
         cmd = [sys.executable, str(ROOT / "train.py"), "fit", "--config", str(ROOT / "configs/aligner.yaml"),
                "--run_name", name, "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
-               "--trainer.limit_val_batches", "0", "--model.total_timesteps", str(epochs * 4096 * world), *extra]
+               "--trainer.limit_val_batches", "0", "--model.total_timesteps", str(epochs * 4096 * (world if name == "ddp2" else 1)), *extra]
         out = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
         if out.returncode != 0:
             raise RuntimeError(f"{name} failed:\n{out.stderr[-3000:]}")
@@ -60,6 +63,10 @@ def main() -> None:
     print(f"{'setting':<58} {'median SPS':>10}")
     for name in args.settings:
         label, extra = SETTINGS[name]
+        workers = int(extra[extra.index("--data.num_workers") + 1]) if "--data.num_workers" in extra else 1
+        if workers > (os.cpu_count() or 1):
+            print(f"{label:<58} {'n/a':>10}  (needs {workers} cores)")
+            continue
         sps = run(name, args.epochs, extra)
         print(f"{label:<58} {statistics.median(sps):>10,.0f}", flush=True)
 

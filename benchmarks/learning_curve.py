@@ -32,8 +32,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 BATCH = 4096  # agent steps per epoch (the seed config)
 TRAINERS = ("pufferl", "ours")
 # CSV column -> episode-info key (PuffeRL's stats; ours logs it as environment/<key>). held_avg is derived.
-# mettagrid leaves a stat out of an episode's info when it is 0, and both trainers average each key over the
-# episodes that have it: except return and length, these are means over the episodes where the stat was nonzero.
+# mettagrid leaves a stat out of an episode's info when it is 0; a missing stat counts as 0 here (per-episode
+# means, as our trainer logs them). The seed-42 CSVs predate this and hold means over the episodes where the
+# stat was nonzero, for both trainers alike (docs/learning_curve.md).
 METRICS = {
     "return": "episode_return",
     "aligned_per_episode": "game/cogs/aligned.junction.gained",
@@ -84,7 +85,8 @@ def run_pufferl_worker(seed: int, steps: int, schedule_steps: int, out: Path, t0
         stats = trainer.evaluate()
         trainer.stats = defaultdict(list)
         trainer.train()
-        means = {k: float(np.mean(v)) for k, v in stats.items() if v}
+        episodes = len(stats.get("episode_return", []))
+        means = {k: float(np.sum(v)) / episodes for k, v in stats.items() if v} if episodes else {}
         rows.append(epoch_row(trainer.global_step, time.time() - t0, means))
         if len(rows) % 25 == 0:  # keep a readable partial curve while it runs
             write_csv(out, rows)

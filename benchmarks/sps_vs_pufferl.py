@@ -75,7 +75,7 @@ def run_ours(epochs: int, threads: int, mission: str) -> dict:
             train.append(epoch_times[-1] - rollout[-1])
 
     trainer = L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu", callbacks=[Timer()])
+                        enable_model_summary=False, accelerator="cpu", callbacks=[Timer()], limit_val_batches=0)
     trainer.fit(module, datamodule=dm)
     n = len(epoch_times) - 1
     return {

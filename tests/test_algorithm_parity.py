@@ -77,7 +77,7 @@ def test_epoch_update_matches_pufferl_train(monkeypatch, max_minibatch_size):
 
     monkeypatch.setattr(Rollout, "collect", collect_and_snapshot)
     trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0)
+                        enable_model_summary=False, accelerator="cpu", limit_val_batches=0)
     trainer.fit(module, datamodule=dm)
     assert trainer.global_step == 2 * 512 // 128  # optimizer steps, one per (accumulated) minibatch of 128
 
