@@ -169,9 +169,12 @@ def make_vecenv(
 ):
     """Serial: all envs stepped in this process. Multiprocessing: ``num_workers`` processes; an
     ``env_batch_size`` below ``num_envs`` lets env stepping overlap with inference."""
+    auto = backend == "auto"
     backend, workers = resolve_backend(backend, num_envs, num_workers)
     if backend == "serial":
         return pvector.make(factory, num_envs=num_envs, backend=pvector.Serial)
+    if auto and env_batch_size is None and (num_envs // 2) % (num_envs // workers) == 0:
+        env_batch_size = num_envs // 2  # two batches in flight: one steps while the other is inferred
     return pvector.make(
         factory,
         num_envs=num_envs,
