@@ -30,7 +30,7 @@ from aligner_lightning.rng import capture_rng, restore_rng
 
 @dataclass
 class AlgoConfig:
-    """What the advantage, the sampler and the loss need (the datamodule reads it too)."""
+    """What the advantage and the prioritized sampler need (the datamodule's minibatches read it)."""
 
     gamma: float
     gae_lambda: float
@@ -38,10 +38,6 @@ class AlgoConfig:
     vtrace_c_clip: float
     prio_alpha: float
     prio_beta0: float
-    clip_coef: float
-    vf_clip_coef: float
-    vf_coef: float
-    ent_coef: float
 
 
 class AlignerPPO(L.LightningModule):
@@ -104,8 +100,7 @@ class AlignerPPO(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
-        self.algo = AlgoConfig(gamma, gae_lambda, vtrace_rho_clip, vtrace_c_clip, prio_alpha, prio_beta0,
-                               clip_coef, vf_clip_coef, vf_coef, ent_coef)
+        self.algo = AlgoConfig(gamma, gae_lambda, vtrace_rho_clip, vtrace_c_clip, prio_alpha, prio_beta0)
         self.loss_cfg = algorithm.LossConfig(clip_coef, vf_clip_coef, vf_coef, ent_coef)
         self.policy: AlignerPolicy | None = None
         self.agent_steps = 0  # global (all ranks)
