@@ -112,3 +112,11 @@ def test_validate_subcommand_runs(tmp_path):
     out = run_train(["validate", "--config", DEBUG, "--model.eval_episodes", "1", "--model.eval_video", "false",
                      "--model.eval_replays", "0"], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
+
+
+def test_product_never_imports_pufferl():
+    """Importing pufferlib.pufferl makes RuntimeWarnings errors and hijacks Ctrl-C; the product must not."""
+    code = ("import sys, aligner_lightning.cli, aligner_lightning.evaluate, aligner_lightning.export; "
+            "print('pufferlib.pufferl' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
