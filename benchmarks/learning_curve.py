@@ -182,7 +182,8 @@ def plot(runs: dict, path: Path) -> None:
     axes[0].errorbar([w + 0.5 for w in windows], [REFERENCE_RETURN[w] for w in windows], xerr=0.5, fmt="kD",
                      ms=6, capsize=3, label="reference PuffeRL run, seed 42 (notes, 1M-step window means)")
     axes[0].set(ylabel="episode return per agent", title="Return")
-    axes[1].set(ylabel="aligned junctions held, time average\n(episodes that held any: see METRICS)", title="Aligned junctions held")
+    axes[1].set(ylabel="aligned junctions held, time average\n(seed 42: over episodes that held any; 43: all)",
+                title="Aligned junctions held")
     for ax in axes:
         ax.set(xlabel="agent steps (millions)", xlim=(0, max(windows) + 1))
         ax.grid(alpha=0.3)
