@@ -16,7 +16,7 @@ from typing import Any
 from mettagrid.config.mettagrid_config import MettaGridConfig
 
 from aligner_lightning.missions.aligner import AlignerParams, make_aligner_tutorial
-from aligner_lightning.missions.smoke import SmokeParams, make_smoke
+from aligner_lightning.missions.smoke import SMOKE_DEFAULTS, make_smoke
 
 MAX_SEED = 2**31 - 1
 
@@ -53,7 +53,7 @@ Field = IntField | BoolField
 class Mission:
     name: str
     description: str
-    params_cls: type
+    defaults: AlignerParams  # the mission's parameters before overrides
     build: Callable[[Any], MettaGridConfig]
     fields: dict[str, Field]
 
@@ -69,7 +69,7 @@ class Mission:
             raise MissionError(
                 f"mission {self.name!r}: " + "; ".join(errors) + f". Allowed overrides: {allowed}."
             )
-        params = dataclasses.replace(self.params_cls(), **overrides)
+        params = dataclasses.replace(self.defaults, **overrides)
         return self.build(params)
 
 
@@ -87,7 +87,7 @@ _MISSIONS: dict[str, Mission] = {
         Mission(
             name="aligner_tutorial",
             description="CoGames aligner tutorial, seed era (cogsguard_arena ... easy.aligner_rewards.braveheart)",
-            params_cls=AlignerParams,
+            defaults=AlignerParams(),
             build=make_aligner_tutorial,
             # The arena places 20 spawn pads, so at most 20 agents.
             fields={"num_agents": IntField(1, 20), "map_seed": IntField(0, MAX_SEED, optional=True), **_COMMON_FIELDS},
@@ -95,7 +95,7 @@ _MISSIONS: dict[str, Mission] = {
         Mission(
             name="smoke",
             description="aligner rules on a fixed 11 x 11 map with 4 agents and short episodes, for fast tests",
-            params_cls=SmokeParams,
+            defaults=SMOKE_DEFAULTS,
             build=make_smoke,
             fields=dict(_COMMON_FIELDS),
         ),

@@ -7,8 +7,6 @@ reset costs no procedural generation, and every object is in view from the hub.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from mettagrid.config.mettagrid_config import MettaGridConfig
 from mettagrid.map_builder.ascii import AsciiMapBuilder
 
@@ -31,23 +29,10 @@ SMOKE_MAP = (
 SMOKE_LEGEND = {"H": HUB_MAP_NAME, "A": "c:aligner", "J": "junction"}
 
 
-@dataclass(frozen=True)
-class SmokeParams:
-    max_steps: int = 96
-    heart_limit: int = 3
-    hub_hearts: int = 255
-    num_tokens: int = 200
-    territory_obs: bool = True
+# The aligner's rules with short episodes; num_agents and map_seed are not overridable (4 pads, a fixed map).
+SMOKE_DEFAULTS = AlignerParams(num_agents=NUM_AGENTS, max_steps=96)
 
 
-def make_smoke(params: SmokeParams) -> MettaGridConfig:
-    rules = AlignerParams(
-        num_agents=NUM_AGENTS,
-        max_steps=params.max_steps,
-        heart_limit=params.heart_limit,
-        hub_hearts=params.hub_hearts,
-        num_tokens=params.num_tokens,
-        territory_obs=params.territory_obs,
-    )
+def make_smoke(params: AlignerParams) -> MettaGridConfig:
     map_builder = AsciiMapBuilder.Config(map_data=list(SMOKE_MAP), char_to_map_name=SMOKE_LEGEND)
-    return MettaGridConfig(label="smoke", game=game_config(rules, map_builder))
+    return MettaGridConfig(label="smoke", game=game_config(params, map_builder))
