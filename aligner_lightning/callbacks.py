@@ -46,15 +46,11 @@ class RunCheckpoint(ModelCheckpoint):
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         tmp = f"{filepath}.tmp"
-        trainer.save_checkpoint(tmp, self.save_weights_only)  # every rank takes part; rank 0 writes
+        super()._save_checkpoint(trainer, tmp)  # every rank takes part; rank 0 writes
         if trainer.is_global_zero:
             os.replace(tmp, filepath)
         trainer.strategy.barrier("RunCheckpoint.rename")
-        self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
-        if trainer.is_global_zero:
-            for logger in trainer.loggers:
-                logger.after_save_checkpoint(self)
 
 
 class GracefulStop(L.Callback):

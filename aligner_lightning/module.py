@@ -21,7 +21,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torchmetrics.aggregation import CatMetric
 
 from aligner_lightning import algorithm
-from aligner_lightning.errors import TrainingDiverged, raise_if
+from aligner_lightning.errors import ConfigError, TrainingDiverged, raise_if
 from aligner_lightning.evaluate import METRICS, EvalSettings, PolicyActor, evaluate, format_table
 from aligner_lightning.policy import AlignerPolicy, evaluate_actions
 from aligner_lightning.render import log_episode_media
@@ -104,13 +104,12 @@ class AlignerPPO(L.LightningModule):
         self.loss_cfg = algorithm.LossConfig(clip_coef, vf_clip_coef, vf_coef, ent_coef)
         self.policy: AlignerPolicy | None = None
         self.agent_steps = 0  # global (all ranks)
-        self._validate()
-        self.eval_settings = EvalSettings(episodes=eval_episodes, greedy=eval_greedy, seed_base=eval_seed_base,
-                                          replays=eval_replays, frames=eval_video, max_steps=eval_max_steps)
+        self.eval_settings = self._validate()
         self._eval_values = torch.nn.ModuleDict({k: CatMetric() for k in METRICS})
         self._reset_epoch_stats()
 
-    def _validate(self) -> None:
+    def _validate(self) -> EvalSettings:
+        """Every problem with the model's arguments at once, named as on the command line."""
         hp = self.hparams
         p = []
         if hp.total_timesteps < 1:
@@ -128,7 +127,14 @@ class AlignerPPO(L.LightningModule):
                 p.append(f"model.{name}={hp[name]}: must be >= 0")
         if hp.torch_threads is not None and hp.torch_threads < 1:
             p.append(f"model.torch_threads={hp.torch_threads}: must be >= 1 or null")
+        settings = None
+        try:
+            settings = EvalSettings(episodes=hp.eval_episodes, greedy=hp.eval_greedy, seed_base=hp.eval_seed_base,
+                                    replays=hp.eval_replays, frames=hp.eval_video, max_steps=hp.eval_max_steps)
+        except ConfigError as err:  # EvalSettings names its own fields; give the model.eval_* names
+            p += ["model.eval_" + problem.replace("frames=", "video=") for problem in err.problems]
         raise_if(p)
+        return settings
 
     # -- model ---------------------------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -167,7 +173,6 @@ class AlignerPPO(L.LightningModule):
         self._loss_sums: dict[str, torch.Tensor] = {}
         self._num_minibatches = 0
         self._timing: dict[str, float] = {}
-        self._explained_variance = float("nan")
 
     def on_train_start(self) -> None:
         self._restore_rank_state()
@@ -189,12 +194,6 @@ class AlignerPPO(L.LightningModule):
         """Called by the loader after the rollout, before the first minibatch."""
         self._timing = dict(timing)
         self._train_start = time.perf_counter()
-        buf = self.datamodule.rollout.buffer
-        with torch.no_grad():  # the standard explained variance, on the rollout's own values (spec 5)
-            adv = algorithm.puff_advantage(buf.values, buf.rewards, buf.terminals, torch.ones_like(buf.ratio),
-                                           self.algo.gamma, self.algo.gae_lambda, self.algo.vtrace_rho_clip,
-                                           self.algo.vtrace_c_clip)
-            self._explained_variance = float(algorithm.explained_variance(buf.values, adv + buf.values))
 
     def training_step(self, dataloader_iter: Iterator) -> None:
         mb, batch_idx, _ = next(dataloader_iter)
@@ -250,7 +249,7 @@ class AlignerPPO(L.LightningModule):
     def _epoch_metrics(self, local_sps: float) -> dict[str, float]:
         n = max(self._num_minibatches, 1)
         metrics = {f"losses/{k}": float(v) / n for k, v in self._loss_sums.items()}
-        metrics["losses/explained_variance"] = self._explained_variance
+        metrics["losses/explained_variance"] = self.datamodule.rollout.explained_variance
         metrics.update({f"performance/{k}": v for k, v in self._timing.items()})
         metrics["SPS"] = float(self._all_reduce_sum(torch.tensor(local_sps)))
         metrics["agent_steps"] = float(self.agent_steps)

@@ -103,6 +103,7 @@ class Rollout:
         self.reset_envs_each_epoch = reset_envs_each_epoch
         self.episodes = EpisodeStats()
         self.agent_steps = 0  # this process's env steps, all epochs
+        self.explained_variance = float("nan")  # of the latest epoch's rollout
         self._lstm: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         # On CUDA: one pinned host staging copy per step, so the device copy is a single async transfer.
         # On CPU the env's own array is read in place and copied once, into the buffer.
@@ -199,10 +200,12 @@ class Rollout:
         """Yield prioritized minibatches lazily: each is drawn after the previous one's write-back."""
         buf = self.buffer
         buf.ratio.fill_(1.0)
-        for _ in range(num_minibatches):
+        for i in range(num_minibatches):
             with torch.no_grad():
                 adv = algorithm.puff_advantage(buf.values, buf.rewards, buf.terminals, buf.ratio, algo.gamma,
                                                algo.gae_lambda, algo.vtrace_rho_clip, algo.vtrace_c_clip)
+                if i == 0:  # the standard explained variance, on the rollout's own values (before write-backs)
+                    self.explained_variance = float(algorithm.explained_variance(buf.values, adv + buf.values))
                 probs = algorithm.segment_probabilities(adv, algo.prio_alpha)
                 idx, weights = algorithm.sample_segments(probs, minibatch_segments, beta)
             state = None if buf.initial_h is None else (buf.initial_h[idx], buf.initial_c[idx])

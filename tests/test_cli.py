@@ -67,6 +67,8 @@ def test_debug_fit_logs_scalars_and_checkpoints(debug_run):
         (["--data.batch_size", "256"], "data.batch_size=256"),  # < agents x horizon = 8 x 64
         (["--data.minibatch_size", "100"], "data.minibatch_size=100: must be a multiple of data.bptt_horizon"),
         (["--data.mission_overrides", "{max_steps: 0}"], "max_steps must be an int in [1, 100000]"),
+        (["--model.eval_episodes", "0", "--model.gamma", "2"], "model.eval_episodes=0"),  # all problems at once
+        (["--model.eval_episodes", "0", "--model.gamma", "2"], "model.gamma=2.0: must be in [0, 1]"),
     ],
 )
 def test_bad_config_values_get_one_clear_error(monkeypatch, capsys, args, expected):
