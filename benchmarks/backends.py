@@ -24,6 +24,7 @@ THREADS = str(max(1, (os.cpu_count() or 2) // 2))
 
 SETTINGS: dict[str, tuple[str, list[str]]] = {
     "serial": ("Serial, 1 process", []),
+    "bf16": ("Serial, 1 process, bf16-mixed autocast (AMX on this CPU)", ["--trainer.precision", "bf16-mixed"]),
     "mp1": ("Multiprocessing, 1 worker (batch 4 envs)", ["--data.backend", "multiprocessing",
                                                          "--data.num_workers", "1"]),
     "mp2": ("Multiprocessing, 2 workers (batch 2 of 4 envs: overlap)",

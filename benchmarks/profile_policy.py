@@ -1,6 +1,6 @@
 """Where the network's time goes, and what each speed change bought: cogames' TutorialPolicyNet (what PuffeRL
 runs: dense 13x13 token grid, a length-1 nn.LSTM per rollout step) against our AlignerPolicy (tokens fed to
-the first convolution directly, torch.lstm_cell per rollout step), on real aligner observations.
+the first convolution directly, a packed-weight step per rollout step), on real aligner observations.
 
     python benchmarks/profile_policy.py [--threads 2] [--ops]
 
@@ -63,6 +63,11 @@ def main() -> None:
         out, _ = rnn(x, (h.unsqueeze(0), c.unsqueeze(0)))
         return ours._action_head(out[:, 0]), ours._value_head(out[:, 0])
 
+    def ours_step_with_lstm_cell():  # our encoder, torch.lstm_cell on the nn.LSTM's own weights, two heads
+        x = ours.encode(step_obs)
+        h1, _ = torch.lstm_cell(x, (h, c), rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
+        return ours._action_head(h1), ours._value_head(h1)
+
     def train_pass(net):
         net.zero_grad(set_to_none=True)
         logits, values = net(train_obs)
@@ -74,7 +79,8 @@ def main() -> None:
             ("rollout step: cogames net (grid + conv, nn.LSTM x1)",
              timed(lambda: theirs(step_obs, {"lstm_h": h, "lstm_c": c}), 7, 50)),
             ("rollout step: ours, but nn.LSTM x1", timed(ours_step_with_nn_lstm, 7, 50)),
-            ("rollout step: ours (token conv, lstm_cell)", timed(lambda: ours.step(step_obs, h, c), 7, 50)),
+            ("rollout step: ours, but lstm_cell on the nn.LSTM weights", timed(ours_step_with_lstm_cell, 7, 50)),
+            ("rollout step: ours (token conv, packed weights)", timed(lambda: ours.step(step_obs, h, c), 7, 50)),
             ("  of which first conv: cogames grid + conv", timed(lambda: theirs._cnn[0](theirs._tokens_to_grid(step_obs)), 7, 50)),
             ("  of which first conv: ours from tokens", timed(lambda: ours._first_conv(*ours._decode(step_obs)), 7, 50)),
         ]

@@ -51,8 +51,8 @@ def test_sequence_forward_matches_cogames(aligner_info, aligner_obs):
     torch.testing.assert_close(values.reshape(-1), ref_values.reshape(-1), rtol=0, atol=1e-6)
 
 
-def test_single_step_lstm_cell_matches_cogames_recurrence(aligner_info, aligner_obs):
-    """The rollout's LSTMCell path, stepped through time, equals cogames' nn.LSTM with carried state."""
+def test_single_step_matches_cogames_recurrence(aligner_info, aligner_obs):
+    """The rollout's packed-weight step, stepped through time, equals cogames' nn.LSTM with carried state."""
     ours, theirs = _pair(aligner_info)
     n = aligner_obs.shape[1]
     h, c = ours.initial_state(n)
@@ -64,6 +64,46 @@ def test_single_step_lstm_cell_matches_cogames_recurrence(aligner_info, aligner_
             torch.testing.assert_close(logits, ref_logits, rtol=0, atol=1e-5)
             torch.testing.assert_close(value, ref_value.squeeze(-1), rtol=0, atol=1e-5)
             torch.testing.assert_close(h, state["lstm_h"].reshape(n, 512), rtol=0, atol=1e-5)
+
+
+def _one_step_via_forward(policy, obs, h, c):
+    logits, values = policy(obs.unsqueeze(1), (h, c))
+    return logits[:, 0], values[:, 0]
+
+
+def test_step_follows_every_weight_change(aligner_info, aligner_obs):
+    """``step`` reads a packed copy of the weights; it must see optimizer steps, load_state_dict and in-place
+    edits, or the rollout would act with stale weights."""
+    policy, _ = _pair(aligner_info)
+    obs, n = aligner_obs[3], aligner_obs.shape[1]
+    h, c = torch.randn(n, 512) * 0.1, torch.randn(n, 512) * 0.1
+
+    def check():
+        with torch.no_grad():
+            ref_logits, ref_value = _one_step_via_forward(policy, obs, h, c)
+        with torch.inference_mode():
+            logits, value, _, _ = policy.step(obs, h, c)
+        torch.testing.assert_close(logits, ref_logits, rtol=0, atol=1e-5)
+        torch.testing.assert_close(value, ref_value, rtol=0, atol=1e-5)
+        return logits
+
+    before = check()
+    opt = torch.optim.Adam(policy.parameters(), lr=1e-2)
+    logits, values = policy(aligner_obs[:4].transpose(0, 1))
+    (logits.square().mean() + values.square().mean()).backward()
+    opt.step()
+    after_step = check()
+    assert not torch.allclose(before, after_step)
+
+    other = AlignerPolicy.from_env_interface(aligner_info)
+    policy.load_state_dict(other.state_dict())
+    after_load = check()
+    assert not torch.allclose(after_step, after_load)
+
+    with torch.no_grad():
+        policy._value_head.bias.add_(1.0)
+        policy._rnn.weight_hh_l0.mul_(0.5)
+    check()
 
 
 def test_sampling_and_evaluation_agree():
