@@ -135,7 +135,7 @@ class Rollout:
         row_of: dict[int, int] = {}  # env batch start -> first buffer row it writes
         col_of: dict[int, int] = {}  # env batch start -> column t
         full_rows = 0
-        env_time = 0.0
+        env_time = policy_time = 0.0
         t0 = time.perf_counter()
         while full_rows < segments:
             te = time.perf_counter()
@@ -165,6 +165,7 @@ class Rollout:
             if t == 0 and buf.initial_h is not None and row < segments:
                 buf.initial_h[row:row + n] = h
                 buf.initial_c[row:row + n] = c
+            tp = time.perf_counter()
             logits, value, h_new, c_new = policy.step(obs, h, c)
             if self.reset_lstm_on_done:  # option: the next episode starts from a zero state
                 keep = (1.0 - terminals).unsqueeze(1)
@@ -172,6 +173,7 @@ class Rollout:
             h.copy_(h_new)
             c.copy_(c_new)
             action, logprob = sample_actions(logits)
+            policy_time += time.perf_counter() - tp
 
             if row < segments:  # async backends can return a batch again after its last row filled
                 rows = slice(row, row + n)
@@ -194,7 +196,7 @@ class Rollout:
             env_time += time.perf_counter() - te
         policy.train(was_training)
         total = time.perf_counter() - t0
-        return {"rollout_time": total, "env_time": env_time}
+        return {"rollout_time": total, "env_time": env_time, "policy_time": policy_time}
 
     def minibatches(self, num_minibatches: int, minibatch_segments: int, algo, beta: float) -> Iterator[Minibatch]:
         """Yield prioritized minibatches lazily: each is drawn after the previous one's write-back."""

@@ -63,7 +63,7 @@ def run_ours(epochs: int, threads: int, mission: str) -> dict:
     L.seed_everything(42, verbose=False)
     module = AlignerPPO(total_timesteps=4096 * epochs, torch_threads=threads)
     dm = RolloutDataModule(mission=mission)
-    epoch_times, rollout, train = [], [], []
+    epoch_times, rollout, train, env, policy = [], [], [], [], []
 
     class Timer(L.Callback):
         def on_train_epoch_start(self, *_):
@@ -72,6 +72,8 @@ def run_ours(epochs: int, threads: int, mission: str) -> dict:
         def on_train_epoch_end(self, *_):
             epoch_times.append(time.perf_counter() - self.t0)
             rollout.append(module._timing["rollout_time"])
+            env.append(module._timing["env_time"])
+            policy.append(module._timing["policy_time"])
             train.append(epoch_times[-1] - rollout[-1])
 
     trainer = L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -82,6 +84,9 @@ def run_ours(epochs: int, threads: int, mission: str) -> dict:
         "sps": 4096 * n / sum(epoch_times[1:]),
         "rollout_sps": 4096 * n / sum(rollout[1:]),
         "train_sps": 4096 * n / sum(train[1:]),
+        # per rollout step of all 16 agents: 4096 / 16 = 256 steps an epoch
+        "env_us_per_step": 1e6 * sum(env[1:]) / (n * 256),
+        "policy_us_per_step": 1e6 * sum(policy[1:]) / (n * 256),
         "peak_rss_mb": _peak_rss_mb(),
     }
 
@@ -124,6 +129,9 @@ def main() -> None:
     print(f"ours rollout-only {med['ours']['rollout_sps']:,.0f} SPS, train-only {med['ours']['train_sps']:,.0f} SPS; "
           f"env-only ceiling (Serial, 4 envs, random actions) {ceiling:,.0f} SPS "
           f"-> rollout at {med['ours']['rollout_sps'] / ceiling:.0%} of it")
+    print(f"ours per rollout step (16 agents): env {med['ours']['env_us_per_step']:,.0f} us, policy forward + "
+          f"sampling {med['ours']['policy_us_per_step']:,.0f} us, "
+          f"rest {1e6 * 16 / med['ours']['rollout_sps'] - med['ours']['env_us_per_step'] - med['ours']['policy_us_per_step']:,.0f} us")
 
 
 if __name__ == "__main__":
