@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import math
 import os
 import shutil
@@ -182,7 +183,7 @@ def plot(runs: dict, path: Path) -> None:
     axes[0].errorbar([w + 0.5 for w in windows], [REFERENCE_RETURN[w] for w in windows], xerr=0.5, fmt="kD",
                      ms=6, capsize=3, label="reference PuffeRL run, seed 42 (notes, 1M-step window means)")
     axes[0].set(ylabel="episode return per agent", title="Return")
-    axes[1].set(ylabel="aligned junctions held, time average\n(seed 42: over episodes that held any; 43: all)",
+    axes[1].set(ylabel="aligned junctions held, time average\n(seed 42: over episodes that held any; others: all)",
                 title="Aligned junctions held")
     for ax in axes:
         ax.set(xlabel="agent steps (millions)", xlim=(0, max(windows) + 1))
@@ -213,6 +214,37 @@ def summary(runs: dict) -> None:
     print(f"{'notes':8s} {42:4d}  {ref}  (reference PuffeRL run, full 1M windows)")
 
 
+def window_mean(d: dict[str, np.ndarray], col: str, a: float, b: float) -> float:
+    sel = (d["agent_steps"] > a) & (d["agent_steps"] <= b)
+    return float(np.nanmean(d[col][sel]))
+
+
+def permutation_p(x: list[float], y: list[float]) -> float:
+    """Exact two-sided permutation p-value of mean(x) - mean(y) over all relabellings of the pooled values."""
+    pooled, k = np.array(x + y), len(x)
+    observed = abs(np.mean(x) - np.mean(y))
+    diffs = [abs(pooled[list(c)].mean() - np.delete(pooled, list(c)).mean())
+             for c in itertools.combinations(range(len(pooled)), k)]
+    return float(np.mean(np.array(diffs) >= observed - 1e-12))
+
+
+def parity(runs: dict) -> None:
+    """Across seeds: each trainer's mean and spread of the per-agent return per window and over the whole run,
+    and whether the difference stands out from the seed-to-seed spread (exact permutation test)."""
+    seeds = sorted({s for t, s in runs if (("pufferl", s) in runs and ("ours", s) in runs)})
+    if len(seeds) < 2:
+        return
+    end = min(runs[t, s]["agent_steps"].max() for t in TRAINERS for s in seeds)
+    windows = [(a, min(a + 1_000_000, end)) for a in range(0, int(end), 1_000_000)] + [(0, end)]
+    print(f"\nparity over seeds {seeds} (per-agent return; mean +- std over seeds; exact permutation p)")
+    for a, b in windows:
+        vals = {t: [window_mean(runs[t, s], "return", a, b) for s in seeds] for t in TRAINERS}
+        label = "whole run" if (a, b) == (0, end) else f"{a / 1e6:g}-{b / 1e6:g}M"
+        cells = "  ".join(f"{t} {np.mean(v):5.2f} +- {np.std(v, ddof=1):4.2f}" for t, v in vals.items())
+        print(f"  {label:>10s}  {cells}  diff {np.mean(vals['ours']) - np.mean(vals['pufferl']):+5.2f}  "
+              f"p = {permutation_p(vals['ours'], vals['pufferl']):.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=2_500_000, help="agent-step budget per run")
@@ -235,6 +267,7 @@ def main() -> None:
     runs = load_runs(args.out)
     plot(runs, args.out / "learning_curve.png")
     summary(runs)
+    parity(runs)
 
 
 if __name__ == "__main__":
