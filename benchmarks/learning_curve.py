@@ -141,7 +141,13 @@ def run_seed(seed: int, steps: int, schedule_steps: int, out: Path) -> None:
 def read_csv(path: Path) -> dict[str, np.ndarray]:
     with path.open() as f:
         rows = list(csv.DictReader(f))
-    return {c: np.array([float(r[c]) if r[c] else np.nan for r in rows]) for c in COLUMNS}
+    data = {c: np.array([float(r[c]) if r[c] else np.nan for r in rows]) for c in COLUMNS}
+    # An epoch whose episodes all lack a count stat (mettagrid omits zeros) counted 0 of it; an epoch in which no
+    # episode finished stays empty.
+    finished = ~np.isnan(data["return"])
+    for col in ("aligned_per_episode", "aligner_gained", "heart_gained", "deaths", "held_avg"):
+        data[col][finished & np.isnan(data[col])] = 0.0
+    return data
 
 
 def load_runs(out: Path) -> dict[tuple[str, int], dict[str, np.ndarray]]:
@@ -188,10 +194,11 @@ def plot(runs: dict, path: Path) -> None:
     for ax in axes:
         ax.set(xlabel="agent steps (millions)", xlim=(0, max(windows) + 1))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="upper left")
+    handles, labels = axes[0].get_legend_handles_labels()  # one legend below both panels: it hides no curve
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
     fig.suptitle(f"aligner_tutorial, seed config (batch 4096, cosine LR over the 10M schedule); "
                  f"{100_000 // 1000}k-step bins, {250_000 // 1000}k-step moving window", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.05 + 0.035 * math.ceil(len(handles) / 3), 1, 1))
     fig.savefig(path, dpi=110)
     print(f"plot: {path}")
 

@@ -81,6 +81,21 @@ def test_bad_config_values_get_one_clear_error(monkeypatch, capsys, args, expect
     assert expected in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("configs", [["aligner.yaml"], ["debug.yaml"], ["aligner.yaml", "ddp.yaml"]])
+def test_shipped_configs_parse(monkeypatch, capsys, configs):
+    """Every config the README tells users to run parses, and the DDP overlay changes only what it says."""
+    args = [arg for name in configs for arg in ("--config", str(ROOT / "configs" / name))]
+    monkeypatch.setattr(sys, "argv", ["train.py", "fit", *args, "--print_config"])
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    assert exc.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert "mission:" in printed
+    if "ddp.yaml" in configs:
+        assert "strategy: ddp" in printed and "devices: 2" in printed and "torch_threads: 1" in printed
+        assert "batch_size: 4096" in printed and "RunCheckpoint" in printed  # the base config is kept
+
+
 def test_missing_config_file(tmp_path):
     out = run_train(["fit", "--config", str(tmp_path / "missing.yaml")], tmp_path, timeout=120)
     assert out.returncode != 0
