@@ -26,7 +26,6 @@ class _StepWeights(NamedTuple):
     """The weights of ``step`` laid out for row-major products at small batch (``x @ W``, ``W`` contiguous)."""
 
     key: tuple
-    value_table: torch.Tensor  # [256 * 256]: value byte / feature scale, for every (feature id, value byte)
     conv1: torch.Tensor  # [features * 9, 64]
     cnn_fc: torch.Tensor  # [cnn_out, 256]
     self_encoder: torch.Tensor  # [features, 256]
@@ -106,14 +105,11 @@ class AlignerPolicy(nn.Module):
         self.register_buffer("_tap_index", tap, persistent=False)
         self.register_buffer("_tap_live", live, persistent=False)
 
-    def _value_divisor(self) -> torch.Tensor:
-        return self._feature_scale[:256] + 1e-6
-
     def _decode(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Location byte, clamped feature id and scaled value (0 for padding), as cogames computes them."""
         loc = obs[..., 0].long()
         feat = obs[..., 1].long()
-        value = obs[..., 2].float() / self._value_divisor()[feat] * (loc != PAD_LOCATION).float()
+        value = obs[..., 2].float() / (self._feature_scale[:256] + 1e-6)[feat] * (loc != PAD_LOCATION).float()
         return loc, feat.clamp(max=self.num_features - 1), value
 
     def _conv1_kernel(self) -> torch.Tensor:
@@ -162,17 +158,15 @@ class AlignerPolicy(nn.Module):
         (an optimizer step, ``load_state_dict``, a device move)."""
         params = (self._cnn[0].weight, self._cnn_fc.weight, self._self_encoder.weight, self._rnn.weight_ih_l0,
                   self._rnn.weight_hh_l0, self._rnn.bias_ih_l0, self._rnn.bias_hh_l0, self._action_head.weight,
-                  self._action_head.bias, self._value_head.weight, self._value_head.bias, self._feature_scale)
+                  self._action_head.bias, self._value_head.weight, self._value_head.bias)
         key = tuple((p.data_ptr(), p._version, p.dtype) for p in params)
         packed = self.__dict__.get("_packed")
         if packed is not None and packed.key == key:
             return packed
         rnn, action, value = self._rnn, self._action_head, self._value_head
         with torch.no_grad():
-            raw = torch.arange(256, dtype=torch.float32, device=self._feature_scale.device)
             packed = _StepWeights(
                 key=key,
-                value_table=(raw.view(1, 256) / self._value_divisor().view(256, 1)).reshape(-1),
                 conv1=self._conv1_kernel().contiguous(),
                 cnn_fc=self._cnn_fc.weight.t().contiguous(),
                 self_encoder=self._self_encoder.weight.t().contiguous(),
@@ -194,11 +188,7 @@ class AlignerPolicy(nn.Module):
         rollout's batch of 16 the cost is per-operation overhead and reading the 8 MB of LSTM weights.
         """
         w = self._step_weights()
-        tokens = obs.long()
-        loc, raw_feat = tokens[..., 0], tokens[..., 1]
-        # value byte / scale, looked up rather than computed (same float32 division, done once per pair)
-        value = w.value_table[raw_feat * 256 + tokens[..., 2]] * (loc != PAD_LOCATION)
-        feat = raw_feat.clamp(max=self.num_features - 1)
+        loc, feat, value = self._decode(obs)
         x = self._cnn[1:](self._first_conv(loc, feat, value, w.conv1))
         center = value.new_zeros(loc.shape[0], self.num_features)
         center.scatter_add_(1, feat, value * (loc == self.center_location))

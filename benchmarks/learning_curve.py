@@ -203,27 +203,29 @@ def plot(runs: dict, path: Path) -> None:
     print(f"plot: {path}")
 
 
-def summary(runs: dict) -> None:
-    """Mean over the epochs with episodes in each 1M-step window (the last one cut at the budget)."""
-    end = max(d["agent_steps"].max() for d in runs.values())
-    edges = [(a, min(a + 1_000_000, end)) for a in range(0, int(end), 1_000_000)]
-    head = "  ".join(f"{a / 1e6:g}-{b / 1e6:g}M ret/aligned".rjust(22) for a, b in edges)
-    print(f"\n{'trainer':8s} {'seed':>4s}  {head}  {'wall s':>7s} {'SPS':>6s}")
-    for (trainer, seed), d in sorted(runs.items()):
-        cells = []
-        for a, b in edges:
-            sel = (d["agent_steps"] > a) & (d["agent_steps"] <= b)
-            cells.append(f"{np.nanmean(d['return'][sel]):6.2f} / {np.nanmean(d['aligned_per_episode'][sel]):5.2f}"
-                         .rjust(22))
-        wall = d["wall_s"][-1]
-        print(f"{trainer:8s} {seed:4d}  {'  '.join(cells)}  {wall:7.0f} {d['agent_steps'][-1] / wall:6.0f}")
-    ref = "  ".join(f"{REFERENCE_RETURN[int(a // 1e6)]:6.2f}".ljust(6).rjust(22) for a, _ in edges)
-    print(f"{'notes':8s} {42:4d}  {ref}  (reference PuffeRL run, full 1M windows)")
+def one_million_windows(end: float) -> list[tuple[float, float]]:
+    """1M-step windows up to ``end`` (the last one cut at the budget)."""
+    return [(a, min(a + 1_000_000, end)) for a in range(0, int(end), 1_000_000)]
 
 
 def window_mean(d: dict[str, np.ndarray], col: str, a: float, b: float) -> float:
+    """Mean over the epochs with episodes in (a, b]."""
     sel = (d["agent_steps"] > a) & (d["agent_steps"] <= b)
     return float(np.nanmean(d[col][sel]))
+
+
+def summary(runs: dict) -> None:
+    """Per run: the return and aligned junctions per episode in each 1M-step window, wall time and SPS."""
+    edges = one_million_windows(max(d["agent_steps"].max() for d in runs.values()))
+    head = "  ".join(f"{a / 1e6:g}-{b / 1e6:g}M ret/aligned".rjust(22) for a, b in edges)
+    print(f"\n{'trainer':8s} {'seed':>4s}  {head}  {'wall s':>7s} {'SPS':>6s}")
+    for (trainer, seed), d in sorted(runs.items()):
+        cells = "  ".join(f"{window_mean(d, 'return', a, b):6.2f} / {window_mean(d, 'aligned_per_episode', a, b):5.2f}"
+                          .rjust(22) for a, b in edges)
+        wall = d["wall_s"][-1]
+        print(f"{trainer:8s} {seed:4d}  {cells}  {wall:7.0f} {d['agent_steps'][-1] / wall:6.0f}")
+    ref = "  ".join(f"{REFERENCE_RETURN[int(a // 1e6)]:6.2f}".ljust(6).rjust(22) for a, _ in edges)
+    print(f"{'notes':8s} {42:4d}  {ref}  (reference PuffeRL run, full 1M windows)")
 
 
 def permutation_p(x: list[float], y: list[float]) -> float:
@@ -242,7 +244,7 @@ def parity(runs: dict) -> None:
     if len(seeds) < 2:
         return
     end = min(runs[t, s]["agent_steps"].max() for t in TRAINERS for s in seeds)
-    windows = [(a, min(a + 1_000_000, end)) for a in range(0, int(end), 1_000_000)] + [(0, end)]
+    windows = one_million_windows(end) + [(0, end)]
     print(f"\nparity over seeds {seeds} (per-agent return; mean +- std over seeds; exact permutation p)")
     for a, b in windows:
         vals = {t: [window_mean(runs[t, s], "return", a, b) for s in seeds] for t in TRAINERS}
