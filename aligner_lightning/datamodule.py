@@ -40,6 +40,9 @@ class RolloutDataModule(L.LightningDataModule):
         update_epochs: int = 1,
         reset_lstm_on_done: bool = False,
         store_initial_state: bool = False,
+        carry_lstm_state: bool = False,
+        reward_scale: float = 1.0,
+        reward_clip: float = 1.0,
         reset_envs_each_epoch: bool = False,
     ):
         """
@@ -60,6 +63,13 @@ class RolloutDataModule(L.LightningDataModule):
             update_epochs: passes over the buffer per epoch.
             reset_lstm_on_done: option, off in PuffeRL: zero an agent's LSTM state when its episode ends.
             store_initial_state: option, off in PuffeRL: replay each segment from its rollout-time LSTM state.
+            carry_lstm_state: option, off in PuffeRL: keep each agent's LSTM state from one rollout to the next
+                instead of zeroing it at every epoch's start (pair it with ``store_initial_state``, so that
+                training replays segments from the state they were collected with).
+            reward_scale: the rollout stores ``clamp(reward * reward_scale, -reward_clip, reward_clip)``; PuffeRL
+                is 1 and 1. A scale of 0.2 keeps the aligner's shaping apart (an alignment no longer counts the
+                same as a gear pickup). Logged episode returns are always the env's own.
+            reward_clip: the clamp's bound, applied after the scale.
             reset_envs_each_epoch: deterministic mode (serial only): reset every env at each epoch's start with
                 seeds from (seed, rank, env index, epoch), so a resumed run replays exactly; episodes still
                 running at an epoch's end are cut (keep episodes no longer than the rollout).
@@ -124,6 +134,10 @@ class RolloutDataModule(L.LightningDataModule):
             p.append(f"data.minibatch_size={mb}: above data.max_minibatch_size={mmb} it must be a multiple of it")
         if mmb % h:
             p.append(f"data.max_minibatch_size={mmb}: must be a multiple of data.bptt_horizon={h}")
+        if not self.hparams.reward_scale > 0:
+            p.append(f"data.reward_scale={self.hparams.reward_scale}: must be > 0 (1 = PuffeRL)")
+        if not self.hparams.reward_clip > 0:
+            p.append(f"data.reward_clip={self.hparams.reward_clip}: must be > 0 (1 = PuffeRL)")
         if self.hparams.reset_envs_each_epoch and self.backend != "serial":
             p.append(f"data.reset_envs_each_epoch=true needs data.backend=serial (got {self.backend!r})")
         if self.backend == "multiprocessing":
@@ -148,8 +162,10 @@ class RolloutDataModule(L.LightningDataModule):
         self.factory.first_env = rank * self.num_envs
         device = self.trainer.lightning_module.device if self.trainer else torch.device("cpu")
         vecenv = make_vecenv(self.factory, self.num_envs, self.backend, self.num_workers, self.env_batch_size)
-        self.rollout = Rollout(vecenv, self.segments, self.horizon, device, self.hparams.store_initial_state,
-                               self.hparams.reset_lstm_on_done, self.hparams.reset_envs_each_epoch)
+        hp = self.hparams
+        self.rollout = Rollout(vecenv, self.segments, self.horizon, device, hp.store_initial_state,
+                               hp.reset_lstm_on_done, hp.reset_envs_each_epoch, carry_lstm_state=hp.carry_lstm_state,
+                               reward_scale=hp.reward_scale, reward_clip=hp.reward_clip)
 
     def teardown(self, stage: str) -> None:
         if self.rollout is not None:

@@ -38,6 +38,7 @@ class AlgoConfig:
     vtrace_c_clip: float
     prio_alpha: float
     prio_beta0: float
+    sampling: str = "prioritized"
 
 
 class AlignerPPO(L.LightningModule):
@@ -61,6 +62,7 @@ class AlignerPPO(L.LightningModule):
         vtrace_c_clip: float = 1.0,
         prio_alpha: float = 0.8,
         prio_beta0: float = 0.2,
+        sampling: str = "prioritized",
         torch_threads: int | None = None,
         eval_episodes: int = 8,
         eval_greedy: bool = False,
@@ -89,6 +91,9 @@ class AlignerPPO(L.LightningModule):
             vtrace_c_clip: V-trace c clip on the importance ratio.
             prio_alpha: prioritized replay exponent on the segment's summed |advantage|.
             prio_beta0: initial importance-sampling exponent (annealed to beta0 + (1 - beta0) * alpha).
+            sampling: ``prioritized`` (PuffeRL: segments drawn by |advantage|^alpha for every minibatch) or
+                ``sequential`` (option: each pass over the buffer visits every segment once, in a random order,
+                with unit weights).
             torch_threads: torch intra-op threads (None: leave torch's default).
             eval_episodes: episodes per evaluation (validate/test, and every trainer.check_val_every_n_epoch).
             eval_greedy: act by argmax instead of sampling (cogames' tools sample).
@@ -100,10 +105,11 @@ class AlignerPPO(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
-        self.algo = AlgoConfig(gamma, gae_lambda, vtrace_rho_clip, vtrace_c_clip, prio_alpha, prio_beta0)
+        self.algo = AlgoConfig(gamma, gae_lambda, vtrace_rho_clip, vtrace_c_clip, prio_alpha, prio_beta0, sampling)
         self.loss_cfg = algorithm.LossConfig(clip_coef, vf_clip_coef, vf_coef, ent_coef)
         self.policy: AlignerPolicy | None = None
         self.agent_steps = 0  # global (all ranks)
+        self.train_seconds = 0.0  # wall-clock of the training epochs so far, summed over resumes
         self.eval_settings = self._validate()
         self._eval_values = torch.nn.ModuleDict({k: CatMetric() for k in METRICS})
         self._reset_epoch_stats()
@@ -125,6 +131,8 @@ class AlignerPPO(L.LightningModule):
                      "vtrace_c_clip", "prio_alpha", "prio_beta0"):
             if hp[name] < 0:
                 p.append(f"model.{name}={hp[name]}: must be >= 0")
+        if hp.sampling not in ("prioritized", "sequential"):
+            p.append(f"model.sampling={hp.sampling!r}: must be 'prioritized' (PuffeRL) or 'sequential'")
         if hp.torch_threads is not None and hp.torch_threads < 1:
             p.append(f"model.torch_threads={hp.torch_threads}: must be >= 1 or null")
         settings = None
@@ -236,6 +244,7 @@ class AlignerPPO(L.LightningModule):
         epoch_steps = int(self._all_reduce_sum(torch.tensor(float(local_steps))))
         self.agent_steps += epoch_steps
         elapsed = time.perf_counter() - self._epoch_start
+        self.train_seconds += elapsed
         self._timing["train_time"] = time.perf_counter() - self._train_start
         metrics = self._epoch_metrics(local_steps / max(elapsed, 1e-9))  # summed over ranks inside
         if self.logger is not None:
@@ -255,6 +264,7 @@ class AlignerPPO(L.LightningModule):
         metrics["agent_steps"] = float(self.agent_steps)
         metrics["epoch"] = float(self.current_epoch + 1)
         metrics["learning_rate"] = self.optimizers().param_groups[0]["lr"]
+        metrics["performance/train_seconds"] = self.train_seconds
         metrics.update(self._episode_means())
         return metrics
 
@@ -348,6 +358,7 @@ class AlignerPPO(L.LightningModule):
             dist.all_gather_object(ranks, rank_state)
         checkpoint["aligner"] = {
             "agent_steps": self.agent_steps,
+            "train_seconds": self.train_seconds,
             "epoch": self.current_epoch + 1,
             "env_interface": dm.env_info.model_dump_json(),
             "geometry": dm.geometry(),
@@ -358,6 +369,7 @@ class AlignerPPO(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("aligner", {})
         self.agent_steps = int(state.get("agent_steps", 0))
+        self.train_seconds = float(state.get("train_seconds", 0.0))
         self._pending_rank_state = None
         ranks = state.get("ranks") or []
         rank = self.trainer.global_rank if self._trainer is not None else 0

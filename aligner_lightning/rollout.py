@@ -91,7 +91,8 @@ class Rollout:
 
     def __init__(self, vecenv, segments: int, horizon: int, device: torch.device,
                  store_initial_state: bool = False, reset_lstm_on_done: bool = False,
-                 reset_envs_each_epoch: bool = False):
+                 reset_envs_each_epoch: bool = False, carry_lstm_state: bool = False,
+                 reward_scale: float = 1.0, reward_clip: float = 1.0):
         self.vecenv = vecenv
         self.horizon = horizon
         self.device = device
@@ -101,6 +102,8 @@ class Rollout:
                                     store_initial_state)
         self.reset_lstm_on_done = reset_lstm_on_done
         self.reset_envs_each_epoch = reset_envs_each_epoch
+        self.carry_lstm_state = carry_lstm_state
+        self.reward_scale, self.reward_clip = reward_scale, reward_clip
         self.episodes = EpisodeStats()
         self.agent_steps = 0  # this process's env steps, all epochs
         self.explained_variance = float("nan")  # of the latest epoch's rollout
@@ -128,9 +131,10 @@ class Rollout:
         segments = buf.segments
         was_training = policy.training
         policy.eval()
-        for h, c in self._lstm.values():  # PuffeRL zeroes the LSTM state at every epoch's start
-            h.zero_()
-            c.zero_()
+        if not self.carry_lstm_state:  # PuffeRL zeroes the LSTM state at every epoch's start
+            for h, c in self._lstm.values():
+                h.zero_()
+                c.zero_()
         next_row = self.total_agents
         row_of: dict[int, int] = {}  # env batch start -> first buffer row it writes
         col_of: dict[int, int] = {}  # env batch start -> column t
@@ -153,7 +157,10 @@ class Rollout:
                 self._obs_host[:n].numpy()[:] = obs_np
                 obs = self._obs_host[:n].to(device, non_blocking=True)
             # Not in place: on CPU these tensors share memory with the env's buffers.
-            rewards = torch.from_numpy(rew_np).to(device).clamp(-1, 1)
+            rewards = torch.from_numpy(rew_np).to(device)
+            if self.reward_scale != 1.0:
+                rewards = rewards * self.reward_scale
+            rewards = rewards.clamp(-self.reward_clip, self.reward_clip)
             terminals = torch.from_numpy(term_np).to(device).float()
 
             state = self._lstm.get(start)
@@ -202,14 +209,22 @@ class Rollout:
         """Yield prioritized minibatches lazily: each is drawn after the previous one's write-back."""
         buf = self.buffer
         buf.ratio.fill_(1.0)
+        order = None
         for i in range(num_minibatches):
             with torch.no_grad():
                 adv = algorithm.puff_advantage(buf.values, buf.rewards, buf.terminals, buf.ratio, algo.gamma,
                                                algo.gae_lambda, algo.vtrace_rho_clip, algo.vtrace_c_clip)
                 if i == 0:  # the standard explained variance, on the rollout's own values (before write-backs)
                     self.explained_variance = float(algorithm.explained_variance(buf.values, adv + buf.values))
-                probs = algorithm.segment_probabilities(adv, algo.prio_alpha)
-                idx, weights = algorithm.sample_segments(probs, minibatch_segments, beta)
+                if algo.sampling == "sequential":  # every segment once per pass, random order, unit weights
+                    start = i * minibatch_segments % buf.segments
+                    if start == 0:
+                        order = torch.randperm(buf.segments, device=buf.obs.device)
+                    idx = order[start:start + minibatch_segments]
+                    weights = torch.ones(len(idx), 1, device=buf.obs.device)
+                else:
+                    probs = algorithm.segment_probabilities(adv, algo.prio_alpha)
+                    idx, weights = algorithm.sample_segments(probs, minibatch_segments, beta)
             state = None if buf.initial_h is None else (buf.initial_h[idx], buf.initial_c[idx])
             yield Minibatch(idx=idx, obs=buf.obs[idx], actions=buf.actions[idx], logprobs=buf.logprobs[idx],
                             values=buf.values[idx], advantages=adv[idx], weights=weights, initial_state=state)

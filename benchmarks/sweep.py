@@ -1,0 +1,368 @@
+"""A resumable learning sweep: configs x seeds trained to a step budget, judged on held-out maps.
+
+A sweep file (``benchmarks/sweeps/*.yaml``) names the base configs, the overrides every run shares, the
+variants (each a set of overrides), the seeds, the step budget and the evaluation marks. This script
+
+- trains each (variant, seed) with ``train.py fit`` in the background, at most ``--parallel`` processes at a
+  time, each with one torch thread (``model.torch_threads 1``), a numbered checkpoint every ``eval_every``
+  agent steps and no in-training evaluation;
+- evaluates every numbered checkpoint with ``train.py test`` on held-out maps (``eval_episodes`` episodes,
+  sampled actions), as soon as the checkpoint exists, in the same process pool;
+- appends one CSV row per evaluated checkpoint to ``benchmarks/results/sweeps/<sweep>.csv`` (junctions aligned
+  and return, mean and std over the episodes; agent steps and training wall-clock from the checkpoint; the CPU)
+  and redraws ``<sweep>.png``: aligned per episode against agent steps and against wall-clock seconds.
+
+It is resumable: everything is derived from files. A run whose ``last.ckpt`` is short of the budget resumes
+from it (``--ckpt_path``), a finished run is not started again, and a checkpoint already in the CSV is not
+evaluated again. SIGINT/SIGTERM stops the children gracefully (they save ``last.ckpt``) and exits.
+
+    nohup python benchmarks/sweep.py benchmarks/sweeps/screen.yaml > sweep.log 2>&1 &
+    python benchmarks/sweep.py benchmarks/sweeps/screen.yaml --plot-only
+    python benchmarks/sweep.py benchmarks/sweeps/screen.yaml --dry-run   # print the commands
+
+Wall-clock is the trainer's own (``train_seconds`` in the checkpoint: training epochs only, summed over
+resumes), measured under the sweep's conditions: ``--parallel`` runs side by side, one thread each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import platform
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "sweeps"
+COLUMNS = ["variant", "seed", "checkpoint", "agent_steps", "train_seconds", "episodes", "aligned_mean",
+           "aligned_std", "return_mean", "return_std", "hearts_used_mean", "gear_pickups_mean", "deaths_mean",
+           "cpu"]
+TABLE_ROW = re.compile(r"^(\w+)\s+\|\s+(-?[\d.]+|nan)\s+\|\s+(-?[\d.]+|nan)\s+\|\s+(\d+)\s*$")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+@dataclass
+class Sweep:
+    name: str
+    configs: list[str]
+    common: dict
+    variants: dict[str, dict]
+    seeds: list[int]
+    stop_steps: int
+    eval_every: int
+    eval_episodes: int = 32
+    batch_size: int = 4096  # the common batch; a variant may override data.batch_size
+    log_root: Path = field(default=ROOT / "lightning_logs")
+
+    @classmethod
+    def load(cls, path: Path) -> "Sweep":
+        spec = yaml.safe_load(path.read_text())
+        missing = {"configs", "variants", "seeds", "stop_steps", "eval_every"} - set(spec)
+        if missing:
+            sys.exit(f"error: {path}: missing keys {sorted(missing)}")
+        return cls(name=spec.get("name", path.stem), configs=spec["configs"], common=spec.get("common") or {},
+                   variants={k: v or {} for k, v in spec["variants"].items()}, seeds=list(spec["seeds"]),
+                   stop_steps=int(spec["stop_steps"]), eval_every=int(spec["eval_every"]),
+                   eval_episodes=int(spec.get("eval_episodes", 32)))
+
+    def overrides(self, variant: str) -> dict:
+        return {**self.common, **self.variants[variant]}
+
+    def run_name(self, variant: str, seed: int) -> str:
+        return f"{variant}_s{seed}"
+
+    def run_dir(self, variant: str, seed: int) -> Path:
+        return self.log_root / f"sweep_{self.name}" / self.run_name(variant, seed)
+
+    def global_batch(self, variant: str) -> int:
+        o = self.overrides(variant)
+        return int(o.get("data.batch_size", self.batch_size)) * int(o.get("trainer.devices", 1))
+
+
+def _flags(overrides: dict) -> list[str]:
+    out = []
+    for k, v in overrides.items():
+        out += [f"--{k}", yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
+                if isinstance(v, (dict, list, bool)) or v is None else str(v)]
+    return out
+
+
+def _overlay(sweep: Sweep, variant: str) -> Path:
+    """Checkpoints every eval_every steps, no in-training evaluation, no progress bar."""
+    every = max(1, round(sweep.eval_every / sweep.global_batch(variant)))
+    path = sweep.log_root / f"sweep_{sweep.name}" / f"overlay_{variant}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({
+        "trainer": {
+            "check_val_every_n_epoch": 1_000_000,
+            "enable_progress_bar": False,
+            "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                       "init_args": {"save_dir": str(sweep.log_root), "name": f"sweep_{sweep.name}",
+                                     "default_hp_metric": False}},
+            "callbacks": [
+                {"class_path": "aligner_lightning.callbacks.RunCheckpoint",
+                 "init_args": {"every_n_epochs": every, "keep": -1}},
+                {"class_path": "aligner_lightning.callbacks.GracefulStop"},
+            ],
+        },
+    }))
+    return path
+
+
+def _config_flags(sweep: Sweep, variant: str, seed: int) -> list[str]:
+    flags = []
+    for c in sweep.configs:
+        flags += ["--config", str(ROOT / c)]
+    flags += ["--config", str(_overlay(sweep, variant))]
+    flags += _flags(sweep.overrides(variant))
+    # Independent env streams per seed (env i of seed s plays map seeds from s * 10^5 + i).
+    flags += ["--seed_everything", str(seed), "--data.seed", str(seed * 100_000), "--model.torch_threads", "1"]
+    return flags
+
+
+def _read_ckpt_meta(path: Path) -> dict:
+    import torch
+
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    return ckpt.get("aligner", {})
+
+
+@dataclass
+class Job:
+    kind: str  # "train" | "eval"
+    variant: str
+    seed: int
+    cmd: list[str]
+    log: Path
+    checkpoint: Path | None = None
+    proc: subprocess.Popen | None = None
+
+
+class Runner:
+    def __init__(self, sweep: Sweep, parallel: int, dry_run: bool):
+        self.sweep, self.parallel, self.dry_run = sweep, parallel, dry_run
+        self.csv_path = RESULTS / f"{sweep.name}.csv"
+        self.running: list[Job] = []
+        self.stopping = False
+        self.cpu = cpu_model()
+
+    # -- state from files ----------------------------------------------------------------------------------
+    def evaluated(self) -> set[tuple[str, int, str]]:
+        if not self.csv_path.exists():
+            return set()
+        with self.csv_path.open() as f:
+            return {(r["variant"], int(r["seed"]), r["checkpoint"]) for r in csv.DictReader(f)}
+
+    def stop_epochs(self, variant: str) -> int:
+        return math.ceil(self.sweep.stop_steps / self.sweep.global_batch(variant))
+
+    def train_done(self, variant: str, seed: int) -> bool:
+        last = self.sweep.run_dir(variant, seed) / "checkpoints" / "last.ckpt"
+        return last.exists() and _read_ckpt_meta(last).get("epoch", 0) >= self.stop_epochs(variant)
+
+    def busy(self, variant: str, seed: int, kind: str, checkpoint: Path | None = None) -> bool:
+        return any(j.variant == variant and j.seed == seed and j.kind == kind and j.checkpoint == checkpoint
+                   for j in self.running)
+
+    def next_job(self) -> Job | None:
+        s = self.sweep
+        done = self.evaluated()
+        order = [(v, seed) for seed in s.seeds for v in s.variants]
+        for v, seed in order:  # evaluations first: they are short and make results appear early
+            ckpt_dir = s.run_dir(v, seed) / "checkpoints"
+            for ckpt in sorted(ckpt_dir.glob("epoch=*.ckpt"), key=lambda p: int(p.name.split("=")[1].split("-")[0])):
+                if (v, seed, ckpt.name) not in done and not self.busy(v, seed, "eval", ckpt):
+                    return self.eval_job(v, seed, ckpt)
+        for v, seed in order:
+            if not self.busy(v, seed, "train") and not self.train_done(v, seed):
+                return self.train_job(v, seed)
+        return None
+
+    def train_job(self, variant: str, seed: int) -> Job:
+        s = self.sweep
+        run = s.run_dir(variant, seed)
+        cmd = [sys.executable, str(ROOT / "train.py"), "fit", *_config_flags(s, variant, seed),
+               "--run_name", s.run_name(variant, seed), "--trainer.max_epochs", str(self.stop_epochs(variant))]
+        if (run / "checkpoints" / "last.ckpt").exists():
+            cmd += ["--ckpt_path", str(run / "checkpoints" / "last.ckpt")]
+        return Job("train", variant, seed, cmd, run.parent / f"{run.name}.train.log")
+
+    def eval_job(self, variant: str, seed: int, ckpt: Path) -> Job:
+        s = self.sweep
+        cmd = [sys.executable, str(ROOT / "train.py"), "test", *_config_flags(s, variant, seed),
+               "--trainer.logger", "false", "--ckpt_path", str(ckpt),
+               "--model.eval_episodes", str(s.eval_episodes), "--model.eval_replays", "0",
+               "--model.eval_video", "false", "--model.eval_greedy", "false"]
+        log = ckpt.parent.parent / f"eval_{ckpt.stem}.log"
+        return Job("eval", variant, seed, cmd, log, checkpoint=ckpt)
+
+    # -- the loop ------------------------------------------------------------------------------------------
+    def start(self, job: Job) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] start {job.kind} {job.variant} s{job.seed}"
+              f"{' ' + job.checkpoint.name if job.checkpoint else ''}", flush=True)
+        if self.dry_run:
+            print("  " + " ".join(job.cmd), flush=True)
+            return
+        job.log.parent.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        with job.log.open("ab") as log:
+            job.proc = subprocess.Popen(job.cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+        self.running.append(job)
+
+    def finish(self, job: Job) -> None:
+        rc = job.proc.returncode
+        print(f"[{time.strftime('%H:%M:%S')}] end   {job.kind} {job.variant} s{job.seed} rc={rc}", flush=True)
+        if job.kind == "eval" and rc == 0:
+            self.record(job)
+        elif rc != 0 and not self.stopping:
+            print(f"  failed: see {job.log}", flush=True)
+            self.failed.add((job.kind, job.variant, job.seed, job.checkpoint))
+
+    def record(self, job: Job) -> None:
+        table = {}
+        for line in job.log.read_text().splitlines()[::-1]:
+            m = TABLE_ROW.match(line.strip())
+            if m and m.group(1) not in table:
+                table[m.group(1)] = (float(m.group(2)), float(m.group(3)), int(m.group(4)))
+            if "junctions_aligned" in table and line.startswith("test at"):
+                break
+        if "junctions_aligned" not in table:
+            print(f"  no result table in {job.log}", flush=True)
+            return
+        meta = _read_ckpt_meta(job.checkpoint)
+        row = {"variant": job.variant, "seed": job.seed, "checkpoint": job.checkpoint.name,
+               "agent_steps": int(meta.get("agent_steps", 0)),
+               "train_seconds": round(float(meta.get("train_seconds", float("nan"))), 1),
+               "episodes": table["junctions_aligned"][2],
+               "aligned_mean": table["junctions_aligned"][0], "aligned_std": table["junctions_aligned"][1],
+               "return_mean": table["return"][0], "return_std": table["return"][1],
+               "hearts_used_mean": table["hearts_used"][0], "gear_pickups_mean": table["gear_pickups"][0],
+               "deaths_mean": table["deaths"][0], "cpu": self.cpu}
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        new = not self.csv_path.exists()
+        with self.csv_path.open("a", newline="") as f:
+            w = csv.DictWriter(f, COLUMNS)
+            if new:
+                w.writeheader()
+            w.writerow(row)
+        print(f"  {job.variant} s{job.seed} @ {row['agent_steps']}: aligned {row['aligned_mean']:.2f} "
+              f"+- {row['aligned_std']:.2f}, return {row['return_mean']:.2f}", flush=True)
+        plot(self.sweep, self.csv_path)
+
+    def run(self) -> None:
+        self.failed: set = set()
+
+        def stop(signum, frame):
+            self.stopping = True
+            for j in self.running:
+                if j.proc and j.proc.poll() is None:
+                    j.proc.send_signal(signal.SIGTERM)
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        while True:
+            for j in list(self.running):
+                if j.proc.poll() is not None:
+                    self.running.remove(j)
+                    self.finish(j)
+            if self.stopping:
+                if not self.running:
+                    return
+                time.sleep(1)
+                continue
+            while len(self.running) < self.parallel:
+                job = self.next_job()
+                if job is None or (job.kind, job.variant, job.seed, job.checkpoint) in self.failed:
+                    break
+                self.start(job)
+                if self.dry_run:
+                    self.running.append(job)  # so that next_job moves on
+            if self.dry_run or not self.running:
+                return
+            time.sleep(5)
+
+
+def load_rows(csv_path: Path) -> list[dict]:
+    with csv_path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def plot(sweep: Sweep, csv_path: Path) -> None:
+    """Aligned per episode (held-out maps) against agent steps and training seconds: each seed thin, the mean
+    over seeds at each checkpoint thick."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("  (matplotlib missing: pip install -e '.[bench]' to plot)", flush=True)
+        return
+    rows = load_rows(csv_path)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, variant in enumerate(sweep.variants):
+        mine = [r for r in rows if r["variant"] == variant]
+        if not mine:
+            continue
+        color = colors[i % len(colors)]
+        for ax, x in zip(axes, ("agent_steps", "train_seconds")):
+            by_seed: dict[str, list] = {}
+            for r in mine:
+                by_seed.setdefault(r["seed"], []).append((float(r[x]), float(r["aligned_mean"])))
+            for pts in by_seed.values():
+                pts.sort()
+                ax.plot(*zip(*pts), color=color, alpha=0.3, lw=1)
+            by_ckpt: dict[str, list] = {}
+            for r in mine:
+                by_ckpt.setdefault(r["checkpoint"], []).append((float(r[x]), float(r["aligned_mean"])))
+            mean = sorted((sum(p[0] for p in v) / len(v), sum(p[1] for p in v) / len(v)) for v in by_ckpt.values())
+            ax.plot(*zip(*mean), color=color, lw=2, marker="o", ms=3,
+                    label=f"{variant} ({len(by_seed)} seed{'s' * (len(by_seed) > 1)})")
+    axes[0].set_xlabel("agent steps")
+    axes[1].set_xlabel(f"training seconds ({rows[0]['cpu'] if rows else ''}, runs side by side)")
+    for ax in axes:
+        ax.set_ylabel(f"junctions aligned per episode (held-out maps, {sweep.eval_episodes} episodes)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, loc="upper left")
+    fig.suptitle(f"sweep {sweep.name}: mean over seeds (thick), each seed (thin)")
+    fig.tight_layout()
+    fig.savefig(csv_path.with_suffix(".png"), dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("sweep", type=Path, help="sweep file (benchmarks/sweeps/*.yaml)")
+    parser.add_argument("--parallel", type=int, default=2, help="processes at a time (default 2)")
+    parser.add_argument("--plot-only", action="store_true", help="redraw the plot from the CSV and exit")
+    parser.add_argument("--dry-run", action="store_true", help="print the next commands and exit")
+    args = parser.parse_args()
+    sweep = Sweep.load(args.sweep)
+    runner = Runner(sweep, args.parallel, args.dry_run)
+    if args.plot_only:
+        plot(sweep, runner.csv_path)
+        return
+    runner.run()
+
+
+if __name__ == "__main__":
+    main()
