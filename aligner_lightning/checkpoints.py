@@ -79,10 +79,19 @@ def interface_mismatch(a, b,
     return problems
 
 
+def checkpoint_policy_spec(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The policy class and arguments a checkpoint was trained with (the tutorial network if it predates them)."""
+    from aligner_lightning.policy_spec import default_spec
+
+    return ckpt["aligner"].get("policy") or default_spec()
+
+
 def check_resumable(ckpt: dict[str, Any], path: Path, env_info, geometry: dict[str, int] | None = None,
-                    world_size: int | None = None) -> None:
-    """Refuse a checkpoint whose env interface or batch geometry disagrees with the current config."""
+                    world_size: int | None = None, policy_spec: dict[str, Any] | None = None) -> None:
+    """Refuse a checkpoint whose env interface, batch geometry or (if given) policy disagrees with the config."""
     from mettagrid.policy.policy_env_interface import PolicyEnvInterface
+
+    from aligner_lightning.policy_spec import PolicySpecError, canonical, describe
 
     meta = ckpt["aligner"]
     problems = interface_mismatch(PolicyEnvInterface.model_validate_json(meta["env_interface"]), env_info,
@@ -91,6 +100,15 @@ def check_resumable(ckpt: dict[str, Any], path: Path, env_info, geometry: dict[s
     for key, value in (geometry or {}).items():
         if key in saved_geometry and saved_geometry[key] != value:
             problems.append(f"data geometry {key}={value} but the checkpoint was trained with {saved_geometry[key]}")
+    if policy_spec is not None:
+        saved = checkpoint_policy_spec(ckpt)
+        try:
+            differs = canonical(saved) != canonical(policy_spec)
+        except PolicySpecError as err:
+            differs, saved = True, {**saved, "class_path": f"{saved['class_path']} (unavailable: {err})"}
+        if differs:
+            problems.append(f"model.policy is {describe(canonical(policy_spec))} but the checkpoint was trained "
+                            f"with {describe(saved)}; resume with the checkpoint's model.policy, or start a new run")
     if world_size is not None and meta.get("world_size", world_size) != world_size:
         problems.append(f"{world_size} process(es) but the checkpoint was written by {meta['world_size']}")
     if problems:

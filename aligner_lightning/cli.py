@@ -14,12 +14,15 @@ import warnings
 from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
 
-from aligner_lightning.checkpoints import check_resumable, read_checkpoint, resolve_last, run_root
+from aligner_lightning.checkpoints import (check_resumable, checkpoint_policy_spec, read_checkpoint, resolve_last,
+                                           run_root)
 from aligner_lightning.datamodule import RolloutDataModule
 from aligner_lightning.errors import CheckpointError, ConfigError, TrainingDiverged
 from aligner_lightning.missions import MissionError
 from aligner_lightning.module import AlignerPPO
+from aligner_lightning.policy_spec import canonical, describe
 
 # We fetch minibatches inside training_step on purpose (no prefetch, see datamodule.py); Lightning warns about it.
 warnings.filterwarnings("ignore", message=".*dataloader_iter.*")
@@ -77,9 +80,16 @@ class AlignerCLI(LightningCLI):
             return
         dm = self.datamodule
         if self.subcommand == "fit":
-            check_resumable(self._checkpoint, Path(ckpt_path), dm.env_info, dm.geometry(), self.trainer.world_size)
+            check_resumable(self._checkpoint, Path(ckpt_path), dm.env_info, dm.geometry(), self.trainer.world_size,
+                            policy_spec=self.model.policy_spec)
         else:
             check_resumable(self._checkpoint, Path(ckpt_path), dm.env_info)
+            # Evaluation plays the network the checkpoint holds, whatever model.policy says.
+            saved = checkpoint_policy_spec(self._checkpoint)
+            if canonical(saved) != canonical(self.model.policy_spec):
+                rank_zero_info(f"{self.subcommand}: the checkpoint's policy {describe(saved)} replaces the "
+                               f"config's model.policy {describe(canonical(self.model.policy_spec))}")
+            self.model.use_policy_spec(saved)
         self._checkpoint = None  # Lightning loads it again itself; do not hold two copies
 
     def before_fit(self) -> None:

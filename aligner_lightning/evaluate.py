@@ -84,8 +84,7 @@ class PolicyActor:
     def act(self, obs: np.ndarray, env: MettaGridPufferEnv) -> np.ndarray:
         if self._state is None:
             raise RuntimeError("PolicyActor.act before reset")
-        logits, _, h, c = self.policy.step(torch.from_numpy(obs).to(self.device), *self._state)
-        self._state = (h, c)
+        logits, _, self._state = self.policy.step(torch.from_numpy(obs).to(self.device), self._state)
         if self.greedy:
             actions = logits.argmax(dim=-1)
         else:

@@ -4,9 +4,13 @@
     cogames run -m <mission> -p ./bundle
 
 The bundle has the layout cogames' own trainer writes (``cogames/train.py``): ``policy_spec.json``, mettagrid's
-``SubmissionPolicySpec`` naming ``TutorialPolicy``, its weights file relative to the bundle and the
-``PolicyEnvInterface`` the policy was trained on; and ``weights.pt``, a bare ``TutorialPolicyNet`` state_dict
-(``torch.save``), which ``TutorialPolicy.load_policy_data`` reads.
+``SubmissionPolicySpec`` (a policy class, its weights file relative to the bundle and the ``PolicyEnvInterface``
+the policy was trained on), and ``weights.pt``, a bare ``state_dict`` (``torch.save``).
+
+- The default network (cogames' ``TutorialPolicyNet`` shapes) exports for cogames' own ``TutorialPolicy``, so
+  the bundle needs nothing from this package.
+- Any other network exports for ``aligner_lightning.mettagrid_policy.AlignerMettaPolicy``, with the network's
+  class path and arguments in ``init_kwargs``; playing it needs this package installed.
 """
 
 from __future__ import annotations
@@ -21,35 +25,50 @@ from cogames.policy.tutorial_policy import TutorialPolicyNet
 from mettagrid.policy.policy_env_interface import PolicyEnvInterface
 from mettagrid.policy.submission import POLICY_SPEC_FILENAME, SubmissionPolicySpec, write_submission_policy_spec
 
-from aligner_lightning.checkpoints import interface_mismatch, read_checkpoint
+from aligner_lightning.checkpoints import checkpoint_policy_spec, interface_mismatch, read_checkpoint
 from aligner_lightning.errors import CheckpointError
 from aligner_lightning.missions import MissionError, make_mission
+from aligner_lightning.policy_spec import PolicySpecError, build_policy, canonical, default_spec, describe
 
 CLASS_PATH = "cogames.policy.tutorial_policy.TutorialPolicy"
+OWN_CLASS_PATH = "aligner_lightning.mettagrid_policy.AlignerMettaPolicy"
 WEIGHTS_FILENAME = "weights.pt"
 POLICY_PREFIX = "policy."  # AlignerPPO keeps the network in ``self.policy``
 
 
-def load_policy_checkpoint(ckpt_path: str | Path) -> tuple[dict[str, torch.Tensor], PolicyEnvInterface]:
-    """The policy's bare state_dict and env interface from an AlignerPPO checkpoint; CheckpointError if the
-    file is missing, unreadable, not from AlignerPPO, or its weights do not fit ``TutorialPolicyNet``."""
+def load_policy_checkpoint(ckpt_path: str | Path) -> tuple[dict[str, torch.Tensor], PolicyEnvInterface, dict]:
+    """The policy's bare state_dict, env interface and spec (class path, arguments) from an AlignerPPO
+    checkpoint; CheckpointError if the file is missing, unreadable, not from AlignerPPO, or its weights do not
+    fit the network its spec builds."""
     path = Path(ckpt_path)
     ckpt = read_checkpoint(path)
     try:
         info = PolicyEnvInterface.model_validate_json(ckpt["aligner"]["env_interface"])
     except (KeyError, ValueError) as e:
         raise CheckpointError(f"checkpoint {path}: missing or bad env interface ({_first_line(e)})") from e
-
+    spec = checkpoint_policy_spec(ckpt)
     weights = {k.removeprefix(POLICY_PREFIX): v for k, v in ckpt["state_dict"].items() if k.startswith(POLICY_PREFIX)}
     try:
-        missing, unexpected = TutorialPolicyNet(info).load_state_dict(weights, strict=False)
+        net = TutorialPolicyNet(info) if is_tutorial_net(spec) else build_policy(spec, info)
+    except PolicySpecError as e:
+        raise CheckpointError(f"checkpoint {path}: its policy cannot be built ({e})") from e
+    try:
+        missing, unexpected = net.load_state_dict(weights, strict=False)
     except RuntimeError as e:  # shape mismatches
-        raise CheckpointError(f"checkpoint {path}: policy weights do not fit TutorialPolicyNet "
+        raise CheckpointError(f"checkpoint {path}: policy weights do not fit {type(net).__name__} "
                               f"({_first_line(e)})") from e
     if missing or unexpected:
-        raise CheckpointError(f"checkpoint {path}: policy weights do not fit TutorialPolicyNet "
+        raise CheckpointError(f"checkpoint {path}: policy weights do not fit {type(net).__name__} "
                               f"(missing {sorted(missing)}, unexpected {sorted(unexpected)})")
-    return weights, info
+    return weights, info, spec
+
+
+def is_tutorial_net(spec: dict) -> bool:
+    """Whether the spec builds the default network, whose state_dict is cogames' ``TutorialPolicyNet``'s."""
+    try:
+        return canonical(spec) == canonical(default_spec())
+    except PolicySpecError:
+        return False
 
 
 def export_bundle(ckpt_path: str | Path, out_dir: str | Path, force: bool = False,
@@ -66,7 +85,7 @@ def export_bundle(ckpt_path: str | Path, out_dir: str | Path, force: bool = Fals
         raise FileExistsError(f"--out {out}: exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise FileExistsError(f"--out {out}: directory is not empty (use --force to overwrite the bundle there)")
-    weights, info = load_policy_checkpoint(ckpt_path)
+    weights, info, policy_spec = load_policy_checkpoint(ckpt_path)
     if mission is not None:
         problems = interface_mismatch(info, PolicyEnvInterface.from_mg_cfg(make_mission(mission)),
                                       labels=("checkpoint", f"mission {mission!r}"))
@@ -75,9 +94,19 @@ def export_bundle(ckpt_path: str | Path, out_dir: str | Path, force: bool = Fals
 
     out.mkdir(parents=True, exist_ok=True)
     torch.save(weights, out / WEIGHTS_FILENAME)
-    spec = SubmissionPolicySpec(class_path=CLASS_PATH, data_path=WEIGHTS_FILENAME, policy_env_interface=info)
+    if is_tutorial_net(policy_spec):
+        spec = SubmissionPolicySpec(class_path=CLASS_PATH, data_path=WEIGHTS_FILENAME, policy_env_interface=info)
+    else:
+        spec = SubmissionPolicySpec(class_path=OWN_CLASS_PATH, data_path=WEIGHTS_FILENAME, policy_env_interface=info,
+                                    init_kwargs={"network": canonical(policy_spec)})
     write_submission_policy_spec(out / POLICY_SPEC_FILENAME, spec)
     return out
+
+
+def read_bundle_network(bundle: Path) -> dict:
+    """The network a bundle holds: its spec, or the tutorial network for a ``TutorialPolicy`` bundle."""
+    spec = SubmissionPolicySpec.model_validate_json((Path(bundle) / POLICY_SPEC_FILENAME).read_text())
+    return spec.init_kwargs.get("network") or canonical(default_spec())
 
 
 def _first_line(e: BaseException) -> str:
@@ -98,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # cogames reads -p as a bundle path only if it starts with '.', '/' or '~'.
     uri = str(out) if str(out).startswith((".", "/", "~")) else f"./{out}"
-    print(f"wrote {out / POLICY_SPEC_FILENAME} and {out / WEIGHTS_FILENAME}; run it with: cogames run -p {uri}")
+    print(f"wrote {out / POLICY_SPEC_FILENAME} and {out / WEIGHTS_FILENAME} ({describe(read_bundle_network(out))}); "
+          f"run it with: cogames run -p {uri}")
     return 0
 
 

@@ -24,6 +24,8 @@ from aligner_lightning import algorithm
 from aligner_lightning.errors import ConfigError, TrainingDiverged, raise_if
 from aligner_lightning.evaluate import METRICS, EvalSettings, PolicyActor, evaluate, format_table
 from aligner_lightning.policy import AlignerPolicy, evaluate_actions
+from aligner_lightning.policy_spec import (PolicyFactory, PolicySpecError, build_policy, canonical, default_spec,
+                                           spec_of)
 from aligner_lightning.render import log_episode_media
 from aligner_lightning.rng import capture_rng, restore_rng
 
@@ -44,6 +46,7 @@ class AlgoConfig:
 class AlignerPPO(L.LightningModule):
     def __init__(
         self,
+        policy: PolicyFactory = AlignerPolicy,
         total_timesteps: int = 10_000_000,
         learning_rate: float = 0.00092,
         adam_beta1: float = 0.95,
@@ -73,6 +76,9 @@ class AlignerPPO(L.LightningModule):
     ):
         """
         Args:
+            policy: the network: ``class_path`` and ``init_args`` in the YAML; the class is built as
+                ``cls(env_info, **init_args)`` and follows ``aligner_lightning.policy_spec.RecurrentPolicy``.
+                Default: ``AlignerPolicy``, cogames' TutorialPolicyNet.
             total_timesteps: stop after this many agent steps, summed over all ranks.
             learning_rate: Adam learning rate at the start of the run.
             adam_beta1: Adam beta1.
@@ -103,8 +109,12 @@ class AlignerPPO(L.LightningModule):
             eval_max_steps: episode length override for evaluation (null: the mission's).
         """
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["policy"])  # the policy is recorded as a spec (class_path, init_args)
         self.automatic_optimization = False
+        try:
+            self.policy_spec = spec_of(policy)
+        except PolicySpecError as err:
+            raise ConfigError([str(err)]) from err
         self.algo = AlgoConfig(gamma, gae_lambda, vtrace_rho_clip, vtrace_c_clip, prio_alpha, prio_beta0, sampling)
         self.loss_cfg = algorithm.LossConfig(clip_coef, vf_clip_coef, vf_coef, ent_coef)
         self.policy: AlignerPolicy | None = None
@@ -147,7 +157,19 @@ class AlignerPPO(L.LightningModule):
     # -- model ---------------------------------------------------------------------------------------------
     def configure_model(self) -> None:
         if self.policy is None:
-            self.policy = AlignerPolicy.from_env_interface(self.trainer.datamodule.env_info)
+            self.policy = self._build_policy(self.trainer.datamodule.env_info)
+
+    def _build_policy(self, env_info) -> torch.nn.Module:
+        try:
+            return build_policy(self.policy_spec, env_info)
+        except PolicySpecError as err:
+            raise ConfigError([str(err)]) from err
+
+    def use_policy_spec(self, spec: dict[str, Any]) -> None:
+        """Build the network a checkpoint was trained with (evaluation and export), before ``configure_model``."""
+        if self.policy is not None and canonical(spec) != canonical(self.policy_spec):
+            self.policy = None
+        self.policy_spec = spec
 
     @property
     def datamodule(self):
@@ -361,6 +383,7 @@ class AlignerPPO(L.LightningModule):
             "train_seconds": self.train_seconds,
             "epoch": self.current_epoch + 1,
             "env_interface": dm.env_info.model_dump_json(),
+            "policy": canonical(self.policy_spec),
             "geometry": dm.geometry(),
             "world_size": self._world_size(),
             "ranks": ranks,
@@ -375,11 +398,11 @@ class AlignerPPO(L.LightningModule):
         rank = self.trainer.global_rank if self._trainer is not None else 0
         if rank < len(ranks) and len(ranks) == self._world_size():
             self._pending_rank_state = ranks[rank]
-        if self.policy is None and "env_interface" in state:
+        if self.policy is None and "env_interface" in state:  # AlignerPPO.load_from_checkpoint: no trainer
             from mettagrid.policy.policy_env_interface import PolicyEnvInterface
 
-            self.policy = AlignerPolicy.from_env_interface(
-                PolicyEnvInterface.model_validate_json(state["env_interface"]))
+            self.policy_spec = state.get("policy") or default_spec()
+            self.policy = self._build_policy(PolicyEnvInterface.model_validate_json(state["env_interface"]))
 
     def _restore_rank_state(self) -> None:
         """After Lightning's restore and before the first rollout: this rank's RNG, env streams, step count."""

@@ -1,24 +1,27 @@
-"""The CNN+LSTM actor-critic, layer for layer cogames' ``TutorialPolicyNet``.
+"""The CNN+LSTM actor-critic. With its default widths it is, layer for layer, cogames' ``TutorialPolicyNet``.
 
 The module names (``_cnn``, ``_cnn_fc``, ``_self_encoder``, ``_rnn``, ``_action_head``, ``_value_head``) and the
-``_feature_scale`` buffer are those of cogames 0.27.3, so a ``state_dict`` saved here loads there unchanged
-(``cogames ... -p class=tutorial,data=W.pt``). What differs is speed, not maths:
+``_feature_scale`` buffer are those of cogames 0.27.3, so a ``state_dict`` of the default network loads there
+unchanged (``cogames ... -p class=tutorial,data=W.pt``). Its widths are arguments (``hidden_size``,
+``conv_channels``, ``encoder_width``); every shape follows from them. What differs from cogames is speed, not
+maths:
 
 - the first convolution reads the tokens directly (a sparse product) instead of a dense 13 x 13 grid;
 - single-step inference (``step``) reads a packed, pre-transposed copy of the weights (one matrix product for
   both LSTM gates' inputs, one for both heads), rebuilt whenever a parameter changes, instead of a length-1
   ``nn.LSTM``.
+
+``AlignerPolicy`` follows the protocol every trainable policy follows (``aligner_lightning.policy_spec``).
 """
 
 from __future__ import annotations
 
-from typing import Mapping, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-HIDDEN_SIZE = 512
 PAD_LOCATION = 0xFF
 
 
@@ -29,50 +32,74 @@ class _StepWeights(NamedTuple):
     conv1: torch.Tensor  # [features * 9, 64]
     cnn_fc: torch.Tensor  # [cnn_out, 256]
     self_encoder: torch.Tensor  # [features, 256]
-    lstm: torch.Tensor  # [1024, 2048]: [W_ih | W_hh]^T, so one product gives all four gates
-    lstm_bias: torch.Tensor  # [2048]: b_ih + b_hh
-    heads: torch.Tensor  # [512, A + 1]: the action head's rows, then the value head's
+    lstm: torch.Tensor  # [in + hidden, 4 * hidden]: [W_ih | W_hh]^T, so one product gives all four gates
+    lstm_bias: torch.Tensor  # [4 * hidden]: b_ih + b_hh
+    heads: torch.Tensor  # [hidden, A + 1]: the action head's rows, then the value head's
     heads_bias: torch.Tensor
 
 
 class AlignerPolicy(nn.Module):
-    """Token observations ``[..., num_tokens, 3]`` (uint8) -> action logits and a value."""
+    """Token observations ``[..., num_tokens, 3]`` (uint8) -> action logits and a value.
+
+    Built from the env's ``PolicyEnvInterface`` (observation features, window, actions) and its widths; the
+    defaults are cogames' ``TutorialPolicyNet``.
+    """
 
     _feature_scale: torch.Tensor
 
-    def __init__(self, feature_norms: Mapping[int, float], obs_height: int, obs_width: int, num_actions: int):
+    def __init__(self, env_info, hidden_size: int = 512, conv_channels: tuple[int, int] = (64, 128),
+                 encoder_width: int = 256):
+        """
+        Args:
+            env_info: the env's mettagrid ``PolicyEnvInterface`` (filled in by the trainer, not the config).
+            hidden_size: LSTM hidden size (cogames' tutorial net: 512; cogames' ``lstm`` policy and PufferLib: 128).
+            conv_channels: output channels of the two 3x3 stride-2 convolutions.
+            encoder_width: width of each encoder (the CNN's and the agent's own cell's); the LSTM reads both,
+                ``2 * encoder_width`` inputs.
+        """
         super().__init__()
-        self.hidden_size = HIDDEN_SIZE
-        self.obs_height, self.obs_width, self.num_actions = obs_height, obs_width, num_actions
-        self.num_features = max((int(fid) for fid in feature_norms), default=0) + 1
+        problems = [f"{name}={value!r}: must be a positive integer" for name, value in
+                    (("hidden_size", hidden_size), ("encoder_width", encoder_width),
+                     *((f"conv_channels[{i}]", c) for i, c in enumerate(conv_channels)))
+                    if not isinstance(value, int) or isinstance(value, bool) or value < 1]
+        if len(conv_channels) != 2:
+            problems.append(f"conv_channels={tuple(conv_channels)!r}: must be two channel counts")
+        if problems:
+            raise ValueError("AlignerPolicy: " + "; ".join(problems))
+        feature_norms = {int(f.id): float(f.normalization) for f in env_info.obs_features}
+        obs_height, obs_width = env_info.obs_height, env_info.obs_width
+        self.hidden_size = hidden_size
+        self.obs_height, self.obs_width = obs_height, obs_width
+        self.num_actions = len(env_info.action_names)
+        self.num_features = max(feature_norms, default=0) + 1
 
         # Same values as cogames: divide each token by max(normalization, 1); unknown ids divide by 1.
         scale = torch.ones(max(256, self.num_features), dtype=torch.float32)
         for fid, norm in feature_norms.items():
-            scale[int(fid)] = max(float(norm), 1.0)
+            scale[fid] = max(norm, 1.0)
         self.register_buffer("_feature_scale", scale)
 
         self._build_token_tables(obs_height, obs_width)
+        c1, c2 = conv_channels
         self._cnn = nn.Sequential(
-            nn.Conv2d(self.num_features, 64, kernel_size=3, stride=2, padding=1),
+            nn.Conv2d(self.num_features, c1, kernel_size=3, stride=2, padding=1),
             nn.ReLU(),
-            nn.Conv2d(64, 128, kernel_size=3, stride=2, padding=1),
+            nn.Conv2d(c1, c2, kernel_size=3, stride=2, padding=1),
             nn.ReLU(),
             nn.Flatten(),
         )
         with torch.no_grad():
             cnn_out = self._cnn(torch.zeros(1, self.num_features, obs_height, obs_width)).shape[1]
-        self._cnn_fc = nn.Linear(cnn_out, 256)
-        self._self_encoder = nn.Linear(self.num_features, 256)
-        self._rnn = nn.LSTM(HIDDEN_SIZE, HIDDEN_SIZE, num_layers=1, batch_first=True)
-        self._action_head = nn.Linear(HIDDEN_SIZE, num_actions)
-        self._value_head = nn.Linear(HIDDEN_SIZE, 1)
+        self._cnn_fc = nn.Linear(cnn_out, encoder_width)
+        self._self_encoder = nn.Linear(self.num_features, encoder_width)
+        self._rnn = nn.LSTM(2 * encoder_width, hidden_size, num_layers=1, batch_first=True)
+        self._action_head = nn.Linear(hidden_size, self.num_actions)
+        self._value_head = nn.Linear(hidden_size, 1)
 
     @classmethod
-    def from_env_interface(cls, env_info) -> "AlignerPolicy":
-        """Build from a mettagrid ``PolicyEnvInterface`` (what cogames' policy loader hands its nets)."""
-        norms = {int(f.id): float(f.normalization) for f in env_info.obs_features}
-        return cls(norms, env_info.obs_height, env_info.obs_width, len(env_info.action_names))
+    def from_env_interface(cls, env_info, **widths) -> "AlignerPolicy":
+        """The same as ``AlignerPolicy(env_info, **widths)``."""
+        return cls(env_info, **widths)
 
     # -- encoder -------------------------------------------------------------------------------------------
     def _build_token_tables(self, obs_height: int, obs_width: int) -> None:
@@ -138,7 +165,7 @@ class AlignerPolicy(nn.Module):
         return out.permute(0, 3, 1, 2) + conv.bias.view(1, -1, 1, 1)
 
     def encode(self, obs: torch.Tensor) -> torch.Tensor:
-        """``[M, T, 3]`` tokens -> ``[M, 512]`` LSTM input (CNN features and the agent's own cell)."""
+        """``[M, T, 3]`` tokens -> ``[M, 2 * encoder_width]`` LSTM input (CNN features and the agent's own cell)."""
         loc, feat, value = self._decode(obs)
         x = self._cnn[1:](self._first_conv(loc, feat, value))  # ReLU, conv2, ReLU, flatten
         cnn = F.relu(self._cnn_fc(x))
@@ -149,8 +176,9 @@ class AlignerPolicy(nn.Module):
 
     # -- recurrent passes ----------------------------------------------------------------------------------
     def initial_state(self, batch: int, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The LSTM's zero state ``(h, c)``, each ``[batch, hidden_size]``."""
         device = device or self._feature_scale.device
-        zeros = torch.zeros(batch, HIDDEN_SIZE, device=device)
+        zeros = torch.zeros(batch, self.hidden_size, device=device)
         return zeros, zeros.clone()
 
     def _step_weights(self) -> _StepWeights:
@@ -180,13 +208,16 @@ class AlignerPolicy(nn.Module):
 
     @torch.no_grad()
     def step(
-        self, obs: torch.Tensor, h: torch.Tensor, c: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One inference step for ``B`` agents: ``obs [B, T, 3]``, ``h, c [B, 512]`` -> logits, value ``[B]``, h, c.
+        self, obs: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """One inference step for ``B`` agents: ``obs [B, T, 3]``, ``state (h, c)`` -> logits ``[B, A]``, value
+        ``[B]``, the next state.
 
         The same function as ``forward`` over one step (to float rounding), with fewer, larger operations: at a
-        rollout's batch of 16 the cost is per-operation overhead and reading the 8 MB of LSTM weights.
+        rollout's batch of 16 the cost is per-operation overhead and reading the LSTM's weights (8 MB at 512).
         """
+        h, c = state
+        hs = self.hidden_size
         w = self._step_weights()
         loc, feat, value = self._decode(obs)
         x = self._cnn[1:](self._first_conv(loc, feat, value, w.conv1))
@@ -196,20 +227,20 @@ class AlignerPolicy(nn.Module):
                         torch.addmm(self._self_encoder.bias, center, w.self_encoder).relu_(), h], dim=1)
         gates = torch.addmm(w.lstm_bias, xh, w.lstm)  # PyTorch's gate order: input, forget, cell, output
         sig = gates.sigmoid()
-        c = sig[:, HIDDEN_SIZE:2 * HIDDEN_SIZE] * c + sig[:, :HIDDEN_SIZE] * gates[:, 2 * HIDDEN_SIZE:3 * HIDDEN_SIZE].tanh()
-        h = sig[:, 3 * HIDDEN_SIZE:] * c.tanh()
+        c = sig[:, hs:2 * hs] * c + sig[:, :hs] * gates[:, 2 * hs:3 * hs].tanh()
+        h = sig[:, 3 * hs:] * c.tanh()
         heads = torch.addmm(w.heads_bias, h, w.heads)
-        return heads[:, :self.num_actions], heads[:, self.num_actions], h, c
+        return heads[:, :self.num_actions], heads[:, self.num_actions], (h, c)
 
     def forward(
         self, obs: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """BPTT pass over segments: ``obs [n, H, T, 3]`` -> logits ``[n, H, A]``, values ``[n, H]``.
 
-        ``state`` is the segments' initial ``(h, c)``, each ``[n, 512]``; ``None`` starts from zeros (PuffeRL).
+        ``state`` is the segments' initial ``(h, c)``, each ``[n, hidden_size]``; ``None`` starts from zeros (PuffeRL).
         """
         n, horizon = obs.shape[:2]
-        x = self.encode(obs.reshape(n * horizon, *obs.shape[2:])).view(n, horizon, HIDDEN_SIZE)
+        x = self.encode(obs.reshape(n * horizon, *obs.shape[2:])).view(n, horizon, -1)
         hx = None if state is None else (state[0].unsqueeze(0), state[1].unsqueeze(0))
         hidden, _ = self._rnn(x, hx)
         return self._action_head(hidden), self._value_head(hidden).squeeze(-1)

@@ -18,7 +18,8 @@ import torch
 
 from aligner_lightning import algorithm
 from aligner_lightning.envs import reseed_vecenv, restore_vecenv_seed_state, vecenv_seed_state
-from aligner_lightning.policy import AlignerPolicy, sample_actions
+from aligner_lightning.policy import sample_actions
+from aligner_lightning.policy_spec import RecurrentPolicy, State
 
 
 @dataclass
@@ -32,14 +33,14 @@ class Minibatch:
     values: torch.Tensor  # [n, H], V_old as of this minibatch (earlier minibatches may have rewritten it)
     advantages: torch.Tensor  # [n, H]
     weights: torch.Tensor  # [n, 1] prioritized-replay importance weights
-    initial_state: tuple[torch.Tensor, torch.Tensor] | None = None  # [n, 512] each, when stored
+    initial_state: State | None = None  # the policy's state at each segment's start, when stored
 
 
 class RolloutBuffer:
     """Preallocated experience for one epoch, written in place every step."""
 
     def __init__(self, segments: int, horizon: int, obs_shape: tuple[int, ...], device: torch.device,
-                 store_initial_state: bool = False, hidden_size: int = 512):
+                 store_initial_state: bool = False):
         self.segments, self.horizon = segments, horizon
         shape = (segments, horizon)
         self.obs = torch.zeros(*shape, *obs_shape, dtype=torch.uint8, device=device)
@@ -49,9 +50,17 @@ class RolloutBuffer:
         self.rewards = torch.zeros(shape, device=device)
         self.terminals = torch.zeros(shape, device=device)
         self.ratio = torch.ones(shape, device=device)
-        # Option (off by default, PuffeRL starts every training segment from zeros): each row's LSTM state at t=0.
-        self.initial_h = torch.zeros(segments, hidden_size, device=device) if store_initial_state else None
-        self.initial_c = torch.zeros(segments, hidden_size, device=device) if store_initial_state else None
+        # Option (off by default, PuffeRL starts every training segment from zeros): each row's policy state at
+        # t=0, allocated at the first rollout from the policy's own state shapes.
+        self.store_initial_state = store_initial_state
+        self.initial_state: State | None = None
+
+    def initial_state_buffers(self, state: State) -> State | None:
+        """The stored-state buffers, shaped like ``state`` per row; None when the option is off."""
+        if self.store_initial_state and self.initial_state is None:
+            self.initial_state = tuple(torch.zeros(self.segments, *s.shape[1:], dtype=s.dtype, device=s.device)
+                                       for s in state)
+        return self.initial_state
 
     def write_back(self, idx: torch.Tensor, ratio: torch.Tensor, values: torch.Tensor) -> None:
         """The step's new ratios and values; the next minibatch's advantages and priorities see them."""
@@ -107,7 +116,7 @@ class Rollout:
         self.episodes = EpisodeStats()
         self.agent_steps = 0  # this process's env steps, all epochs
         self.explained_variance = float("nan")  # of the latest epoch's rollout
-        self._lstm: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._state: dict[int, State] = {}  # env batch start -> the policy state of its agents
         # On CUDA: one pinned host staging copy per step, so the device copy is a single async transfer.
         # On CPU the env's own array is read in place and copied once, into the buffer.
         obs_shape = (self.agents_per_batch, *vecenv.single_observation_space.shape)
@@ -120,7 +129,7 @@ class Rollout:
         self._started = True
 
     @torch.inference_mode()
-    def collect(self, policy: AlignerPolicy, epoch: int = 0) -> dict[str, float]:
+    def collect(self, policy: RecurrentPolicy, epoch: int = 0) -> dict[str, float]:
         """Fill every buffer row with fresh experience. Returns timing for the logs."""
         if self.reset_envs_each_epoch:  # deterministic mode: every epoch starts from envs seeded by the epoch
             reseed_vecenv(self.vecenv, epoch)
@@ -132,9 +141,9 @@ class Rollout:
         was_training = policy.training
         policy.eval()
         if not self.carry_lstm_state:  # PuffeRL zeroes the LSTM state at every epoch's start
-            for h, c in self._lstm.values():
-                h.zero_()
-                c.zero_()
+            for state in self._state.values():
+                for s in state:
+                    s.zero_()
         next_row = self.total_agents
         row_of: dict[int, int] = {}  # env batch start -> first buffer row it writes
         col_of: dict[int, int] = {}  # env batch start -> column t
@@ -163,22 +172,21 @@ class Rollout:
             rewards = rewards.clamp(-self.reward_clip, self.reward_clip)
             terminals = torch.from_numpy(term_np).to(device).float()
 
-            state = self._lstm.get(start)
+            state = self._state.get(start)
             if state is None:
-                state = self._lstm[start] = policy.initial_state(n, device)
-            h, c = state
+                state = self._state[start] = policy.initial_state(n, device)
             t = col_of.setdefault(start, 0)
             row = row_of.setdefault(start, start)
-            if t == 0 and buf.initial_h is not None and row < segments:
-                buf.initial_h[row:row + n] = h
-                buf.initial_c[row:row + n] = c
+            stored = buf.initial_state_buffers(state)
+            if t == 0 and stored is not None and row < segments:
+                for buffer, s in zip(stored, state):
+                    buffer[row:row + n] = s
             tp = time.perf_counter()
-            logits, value, h_new, c_new = policy.step(obs, h, c)
-            if self.reset_lstm_on_done:  # option: the next episode starts from a zero state
-                keep = (1.0 - terminals).unsqueeze(1)
-                h_new, c_new = h_new * keep, c_new * keep
-            h.copy_(h_new)
-            c.copy_(c_new)
+            logits, value, new_state = policy.step(obs, state)
+            for s, new in zip(state, new_state):
+                if self.reset_lstm_on_done:  # option: the next episode starts from the initial (zero) state
+                    new = new * (1.0 - terminals).view(-1, *([1] * (new.dim() - 1)))
+                s.copy_(new)
             action, logprob = sample_actions(logits)
             policy_time += time.perf_counter() - tp
 
@@ -225,7 +233,7 @@ class Rollout:
                 else:
                     probs = algorithm.segment_probabilities(adv, algo.prio_alpha)
                     idx, weights = algorithm.sample_segments(probs, minibatch_segments, beta)
-            state = None if buf.initial_h is None else (buf.initial_h[idx], buf.initial_c[idx])
+            state = None if buf.initial_state is None else tuple(s[idx] for s in buf.initial_state)
             yield Minibatch(idx=idx, obs=buf.obs[idx], actions=buf.actions[idx], logprobs=buf.logprobs[idx],
                             values=buf.values[idx], advantages=adv[idx], weights=weights, initial_state=state)
 

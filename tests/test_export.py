@@ -50,11 +50,11 @@ def test_bundle_loads_in_cogames_and_matches(tmp_path, smoke_info, smoke_factory
         assert torch.equal(net.state_dict()[key], value), key
 
     obs = random_observations(smoke_factory, 12)  # [T, agents, tokens, 3]
-    h, c = policy.initial_state(obs.shape[1])
-    state = {"lstm_h": h.clone(), "lstm_c": c.clone()}
+    ours_state = policy.initial_state(obs.shape[1])
+    state = {"lstm_h": ours_state[0].clone(), "lstm_c": ours_state[1].clone()}
     with torch.no_grad():
         for t in range(obs.shape[0]):
-            logits, _, h, c = policy.step(obs[t], h, c)
+            logits, _, ours_state = policy.step(obs[t], ours_state)
             ref_logits, _ = net(obs[t], state)
             # Same weights; the sparse first convolution only changes the float summation order.
             torch.testing.assert_close(logits, ref_logits, rtol=0, atol=1e-5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from cogames.policy.tutorial_policy import TutorialPolicyNet
 
@@ -55,11 +56,12 @@ def test_single_step_matches_cogames_recurrence(aligner_info, aligner_obs):
     """The rollout's packed-weight step, stepped through time, equals cogames' nn.LSTM with carried state."""
     ours, theirs = _pair(aligner_info)
     n = aligner_obs.shape[1]
-    h, c = ours.initial_state(n)
+    ours_state = ours.initial_state(n)
     state = {"lstm_h": torch.zeros(n, 512), "lstm_c": torch.zeros(n, 512)}
     with torch.no_grad():
         for t in range(aligner_obs.shape[0]):
-            logits, value, h, c = ours.step(aligner_obs[t], h, c)
+            logits, value, ours_state = ours.step(aligner_obs[t], ours_state)
+            h = ours_state[0]
             ref_logits, ref_value = theirs(aligner_obs[t], state)
             torch.testing.assert_close(logits, ref_logits, rtol=0, atol=1e-5)
             torch.testing.assert_close(value, ref_value.squeeze(-1), rtol=0, atol=1e-5)
@@ -82,7 +84,7 @@ def test_step_follows_every_weight_change(aligner_info, aligner_obs):
         with torch.no_grad():
             ref_logits, ref_value = _one_step_via_forward(policy, obs, h, c)
         with torch.inference_mode():
-            logits, value, _, _ = policy.step(obs, h, c)
+            logits, value, _ = policy.step(obs, (h, c))
         torch.testing.assert_close(logits, ref_logits, rtol=0, atol=1e-5)
         torch.testing.assert_close(value, ref_value, rtol=0, atol=1e-5)
         return logits
@@ -116,3 +118,31 @@ def test_sampling_and_evaluation_agree():
     ref = torch.distributions.Categorical(logits=logits)
     torch.testing.assert_close(entropy, ref.entropy())
     torch.testing.assert_close(logprob, ref.log_prob(actions))
+
+
+@pytest.mark.parametrize("widths", [dict(hidden_size=128), dict(hidden_size=96, conv_channels=(16, 32), encoder_width=48)])
+def test_widths_shape_every_layer_and_step_equals_forward(aligner_info, aligner_obs, widths):
+    """Every shape follows from the widths, and the packed step still equals the sequence forward."""
+    torch.manual_seed(0)
+    policy = AlignerPolicy(aligner_info, **widths).eval()
+    hidden = widths["hidden_size"]
+    c1, c2 = widths.get("conv_channels", (64, 128))
+    enc = widths.get("encoder_width", 256)
+    assert policy._rnn.hidden_size == hidden and policy._rnn.input_size == 2 * enc
+    assert policy._cnn[0].out_channels == c1 and policy._cnn[2].out_channels == c2
+    assert policy._action_head.in_features == hidden and policy._cnn_fc.out_features == enc
+    seq = aligner_obs[:6].transpose(0, 1).contiguous()  # [agents, 6, tokens, 3]
+    with torch.no_grad():
+        ref_logits, ref_values = policy(seq)
+    state = policy.initial_state(seq.shape[0])
+    assert [s.shape for s in state] == [(seq.shape[0], hidden)] * 2
+    with torch.inference_mode():
+        for t in range(seq.shape[1]):
+            logits, value, state = policy.step(seq[:, t], state)
+            torch.testing.assert_close(logits, ref_logits[:, t], rtol=0, atol=1e-5)
+            torch.testing.assert_close(value, ref_values[:, t], rtol=0, atol=1e-5)
+
+
+def test_bad_widths_are_named(aligner_info):
+    with pytest.raises(ValueError, match=r"hidden_size=0: must be a positive integer.*conv_channels\[1\]=-2"):
+        AlignerPolicy(aligner_info, hidden_size=0, conv_channels=(8, -2))
