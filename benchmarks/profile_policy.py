@@ -2,9 +2,11 @@
 runs: dense 13x13 token grid, a length-1 nn.LSTM per rollout step) against our AlignerPolicy (tokens fed to
 the first convolution directly, a packed-weight step per rollout step), on real aligner observations.
 
-    python benchmarks/profile_policy.py [--threads 2] [--ops]
+    python benchmarks/profile_policy.py [--threads 2] [--ops] [--hidden-sizes 128 256 512]
 
-Prints milliseconds per call (median of repeats); with --ops, the top torch-profiler ops of our training pass.
+Prints the CPU model and milliseconds per call (median of repeats): the network variants at the tutorial width,
+then our rollout step and training pass for each LSTM hidden size; with --ops, the top torch-profiler ops of our
+training pass.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from conftest import random_observations  # noqa: E402
 from cogames.policy.tutorial_policy import TutorialPolicyNet  # noqa: E402
+from sweep import cpu_model  # noqa: E402
 
 from aligner_lightning.envs import EnvFactory, env_interface  # noqa: E402
 from aligner_lightning.policy import AlignerPolicy  # noqa: E402
@@ -43,6 +47,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--ops", action="store_true", help="print the top ops of our training pass")
+    parser.add_argument("--hidden-sizes", type=int, nargs="+", default=[128, 256, 512],
+                        help="LSTM hidden sizes to time (other widths at their defaults)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -55,7 +61,8 @@ def main() -> None:
     ours = AlignerPolicy.from_env_interface(info)
     theirs = TutorialPolicyNet(info)
     theirs.load_state_dict(ours.state_dict())
-    h, c = ours.initial_state(16)
+    state = ours.initial_state(16)
+    h, c = state
     rnn = ours._rnn
 
     def ours_step_with_nn_lstm():  # our encoder, cogames' length-1 nn.LSTM
@@ -73,14 +80,15 @@ def main() -> None:
         logits, values = net(train_obs)
         (logits.float().square().mean() + values.float().square().mean()).backward()
 
-    print(f"torch threads {args.threads}; rollout step = 16 agents, training pass = 64 segments x 64 steps")
+    print(f"{cpu_model()}; torch threads {args.threads}; rollout step = 16 agents, training pass = 64 segments x "
+          "64 steps")
     with torch.inference_mode():
         rows = [
             ("rollout step: cogames net (grid + conv, nn.LSTM x1)",
              timed(lambda: theirs(step_obs, {"lstm_h": h, "lstm_c": c}), 7, 50)),
             ("rollout step: ours, but nn.LSTM x1", timed(ours_step_with_nn_lstm, 7, 50)),
             ("rollout step: ours, but lstm_cell on the nn.LSTM weights", timed(ours_step_with_lstm_cell, 7, 50)),
-            ("rollout step: ours (token conv, packed weights)", timed(lambda: ours.step(step_obs, h, c), 7, 50)),
+            ("rollout step: ours (token conv, packed weights)", timed(lambda: ours.step(step_obs, state), 7, 50)),
             ("  of which first conv: cogames grid + conv", timed(lambda: theirs._cnn[0](theirs._tokens_to_grid(step_obs)), 7, 50)),
             ("  of which first conv: ours from tokens", timed(lambda: ours._first_conv(*ours._decode(step_obs)), 7, 50)),
         ]
@@ -88,6 +96,13 @@ def main() -> None:
         ("training fwd+bwd: cogames net", timed(lambda: train_pass(theirs), 3, 1)),
         ("training fwd+bwd: ours", timed(lambda: train_pass(ours), 3, 1)),
     ]
+    for size in args.hidden_sizes:
+        torch.manual_seed(0)
+        net = AlignerPolicy(info, hidden_size=size)
+        net_state = net.initial_state(16)
+        with torch.inference_mode():
+            rows.append((f"hidden {size}: rollout step", timed(lambda: net.step(step_obs, net_state), 7, 50)))
+        rows.append((f"hidden {size}: training fwd+bwd", timed(lambda: train_pass(net), 3, 1)))
     for label, ms in rows:
         print(f"{label:<58} {ms:9.2f} ms")
 
