@@ -1,4 +1,4 @@
-"""PuffeRL 3.0.23's learning rule as pure tensor functions (spec: shared/spec/puffer_algorithm.md).
+"""PuffeRL 3.0.23's learning rule as pure tensor functions (described in docs/algorithm.md).
 
 Nothing here knows about environments or Lightning: tensors in, tensors out. Every function is checked
 against pufferlib's own code on identical inputs (tests/test_algorithm_parity.py).

@@ -10,8 +10,8 @@ square per heart above them.
 TensorBoard's ``add_video`` encodes its GIF with moviepy, which is not a dependency here (without it,
 ``add_video`` prints a warning and logs an empty image). So ``log_episode_media`` encodes the GIF with Pillow
 and writes it as an image summary; TensorBoard's Images tab plays animated GIFs. Its cards fit images into
-about 250 px of height: use the card's "Toggle actual image size" button (or "Show actual image size" in the settings pane)
-to see the frames at full resolution.
+about 250 px of height: the card's "Toggle actual image size" button (or "Show actual image size" in the
+settings pane) shows the frames at full resolution.
 """
 
 from __future__ import annotations
