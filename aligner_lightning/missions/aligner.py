@@ -86,6 +86,22 @@ from mettagrid.mapgen.scenes.biome_arena import BiomeArenaConfig
 from mettagrid.mapgen.scenes.building_distributions import DistributionConfig, DistributionType
 from mettagrid.mapgen.scenes.compound import CompoundConfig
 
+from aligner_lightning.stats import (
+    ALIGNED,
+    ALIGNED_BY_AGENT,
+    ALIGNED_GAINED,
+    ALIGNED_HELD,
+    ALIGNED_LOST,
+    HEART_WITHDRAWN,
+    NETWORK_HELD,
+    SCRAMBLED_BY_AGENT,
+    TEAM,
+    gained,
+    hub_amount,
+    lost,
+    withdrawn,
+)
+
 LABEL = "cogsguard_arena.aligner_tutorial.easy.aligner_rewards.braveheart"
 
 # Resource order (docs/mission.md, Agents): it fixes the observation feature ids of the inv:<r> tokens.
@@ -93,7 +109,6 @@ ELEMENTS = ("oxygen", "carbon", "germanium", "silicon")
 GEAR = ("aligner", "scrambler", "miner", "scout")
 RESOURCES = ("energy", "heart", "hp", "solar", *ELEMENTS, *GEAR)
 
-TEAM = "cogs"
 TEAM_TAG = f"team:{TEAM}"
 NET_TAG = f"net:{TEAM}"
 TERRITORY = "team_territory"
@@ -164,7 +179,7 @@ def _deposit_elements() -> list:
 
 
 def _log_elements_withdrawn() -> list[StatsMutation]:
-    return [logStatToGame(f"{TEAM}/{el}.withdrawn") for el in ELEMENTS]
+    return [logStatToGame(withdrawn(el)) for el in ELEMENTS]
 
 
 def agent_config(params: AlignerParams) -> AgentConfig:
@@ -182,7 +197,7 @@ def agent_config(params: AlignerParams) -> AgentConfig:
             Handler(name="regen", mutations=[updateActor({"hp": -1})]),
             Handler(
                 name="track_aligned_junctions",
-                mutations=[logActorAgentStat("aligned_junction_held", source=QueryCountValue(query=query(NET_TAG)))],
+                mutations=[logActorAgentStat(NETWORK_HELD, source=QueryCountValue(query=query(NET_TAG)))],
             ),
             Handler(
                 name="solar_to_energy",
@@ -225,16 +240,16 @@ def move_config() -> MoveActionConfig:
 def agent_rewards(max_steps: int) -> dict[str, AgentReward]:
     """The objective (1/max_steps per network member per tick) plus the aligner shaping (docs/mission.md, Rewards)."""
     weights = {
-        "aligner.gained": 2.0,
-        "aligner.lost": -2.0,
-        "heart.gained": 0.5,
-        "heart.lost": -0.5,
-        "junction.aligned_by_agent": 5.0,
-        "miner.gained": -1.0,
-        "scout.gained": -1.0,
-        "scrambler.gained": -1.0,
+        gained("aligner"): 2.0,
+        lost("aligner"): -2.0,
+        gained("heart"): 0.5,
+        lost("heart"): -0.5,
+        ALIGNED_BY_AGENT: 5.0,
+        gained("miner"): -1.0,
+        gained("scout"): -1.0,
+        gained("scrambler"): -1.0,
     }
-    rewards = {"aligned_junction_held": reward(stat("aligned_junction_held"), weight=1.0 / max_steps)}
+    rewards = {NETWORK_HELD: reward(stat(NETWORK_HELD), weight=1.0 / max_steps)}
     rewards |= {name.replace(".", "_"): reward(stat(name), weight=w) for name, w in weights.items()}
     return rewards
 
@@ -249,7 +264,7 @@ def hub_config(params: AlignerParams) -> GridObjectConfig:
         Handler(
             name="get_heart",
             filters=[shared, *_hub_has({"heart": 2})],
-            mutations=[withdraw({"heart": 1}), logStatToGame(f"{TEAM}/heart.withdrawn")],
+            mutations=[withdraw({"heart": 1}), logStatToGame(HEART_WITHDRAWN)],
         ),
         Handler(
             name="get_and_make_heart",
@@ -263,7 +278,7 @@ def hub_config(params: AlignerParams) -> GridObjectConfig:
         Handler(
             name="get_last_heart",
             filters=[shared, *_hub_has({"heart": 1})],
-            mutations=[withdraw({"heart": 1}), logStatToGame(f"{TEAM}/heart.withdrawn")],
+            mutations=[withdraw({"heart": 1}), logStatToGame(HEART_WITHDRAWN)],
         ),
         Handler(
             name="make_heart",
@@ -320,8 +335,8 @@ def junction_config() -> GridObjectConfig:
             mutations=[
                 removeTagPrefix("net:"),
                 updateActor({"heart": -1}),
-                logActorAgentStat("junction.scrambled_by_agent"),
-                logStatToGame(f"{TEAM}/aligned.junction.lost"),
+                logActorAgentStat(SCRAMBLED_BY_AGENT),
+                logStatToGame(ALIGNED_LOST),
                 recomputeMaterializedQuery(NET_TAG),
             ],
         ),
@@ -334,8 +349,8 @@ def junction_config() -> GridObjectConfig:
             ],
             mutations=[
                 updateActor({"heart": -1}),
-                logActorAgentStat("junction.aligned_by_agent"),
-                logStatToGame(f"{TEAM}/aligned.junction.gained"),
+                logActorAgentStat(ALIGNED_BY_AGENT),
+                logStatToGame(ALIGNED_GAINED),
                 addTag(TEAM_TAG),
                 addTag(NET_TAG),
                 recomputeMaterializedQuery(NET_TAG),
@@ -378,13 +393,13 @@ def game_on_tick() -> AnyHandler | None:
     handlers = [
         Handler(
             name="aligned_junctions",
-            mutations=[StatsMutation(stat=f"{TEAM}/aligned.junction", target=StatsTarget.GAME, source=connected)],
+            mutations=[StatsMutation(stat=ALIGNED, target=StatsTarget.GAME, source=connected)],
         ),
         Handler(
             name="aligned_junctions_held",
             mutations=[
                 logStatToGame(
-                    f"{TEAM}/aligned.junction.held", source=StatValue(name=f"{TEAM}/aligned.junction", scope="game")
+                    ALIGNED_HELD, source=StatValue(name=ALIGNED, scope="game")
                 )
             ],
         ),
@@ -392,7 +407,7 @@ def game_on_tick() -> AnyHandler | None:
             name="hub_amounts",
             mutations=[
                 StatsMutation(
-                    stat=f"{TEAM}/{r}.amount",
+                    stat=hub_amount(r),
                     target=StatsTarget.GAME,
                     source=QueryInventoryValue(query=hub_query(), item=r),
                 )
