@@ -69,10 +69,12 @@ def sample_segments(probs: torch.Tensor, num_segments: int, beta: float) -> tupl
 
 @dataclass
 class LossConfig:
-    clip_coef: float = 0.2
-    vf_clip_coef: float = 0.2
-    vf_coef: float = 2.0
-    ent_coef: float = 0.01
+    """The loss coefficients (their defaults: ``AlignerPPO``'s arguments of the same names)."""
+
+    clip_coef: float
+    vf_clip_coef: float
+    vf_coef: float
+    ent_coef: float
 
 
 def ppo_loss(

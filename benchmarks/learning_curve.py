@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 BATCH = 4096  # agent steps per epoch (the seed config)
 TRAINERS = ("pufferl", "ours")
-# CSV column -> episode-info key (PuffeRL's stats; ours logs it as environment/<key>). held_avg is derived.
+# CSV column -> episode-info key (PuffeRL's stats; ours logs it under envs.tensorboard_tag(key)). held_avg is derived.
 # mettagrid leaves a stat out of an episode's info when it is 0; a missing stat counts as 0 here (per-episode
 # means, as our trainer logs them). The seed-42 CSVs hold means over the episodes where the stat was nonzero,
 # for both trainers alike (docs/learning.md).
@@ -73,10 +73,11 @@ def run_pufferl_worker(seed: int, steps: int, schedule_steps: int, out: Path, t0
     from cogames.policy.tutorial_policy import TutorialPolicyNet
     from puffer_reference import make_pufferl
 
-    from aligner_lightning.envs import EnvFactory, env_interface, make_vecenv
+    from aligner_lightning.datamodule import RolloutDataModule
+    from aligner_lightning.envs import env_interface, make_vecenv
 
     torch.set_num_threads(1)
-    factory = EnvFactory(mission="aligner_tutorial", seed=seed)
+    factory = RolloutDataModule(mission="aligner_tutorial", seed=seed).factory  # the seed config's envs
     vecenv = make_vecenv(factory, 4)
     torch.manual_seed(seed)
     trainer = make_pufferl(vecenv, TutorialPolicyNet(env_interface(factory)), seed=seed,
@@ -99,13 +100,15 @@ def ours_csv(run_dir: Path, out: Path, t0: float) -> None:
     """Our run's TensorBoard scalars (per-epoch episode means, step = agent steps) as the same CSV."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    from aligner_lightning.envs import tensorboard_tag
+
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     acc.Reload()
     wall = {e.step: e.wall_time - t0 for e in acc.Scalars("agent_steps")}
     means: dict[int, dict[str, float]] = defaultdict(dict)
     for key in [*METRICS.values(), HELD, LENGTH]:
-        if f"environment/{key}" in acc.Tags()["scalars"]:
-            for e in acc.Scalars(f"environment/{key}"):
+        if tensorboard_tag(key) in acc.Tags()["scalars"]:
+            for e in acc.Scalars(tensorboard_tag(key)):
                 means[e.step][key] = e.value
     write_csv(out, [epoch_row(s, wall[s], means[s]) for s in sorted(wall)])
 
