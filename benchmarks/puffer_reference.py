@@ -11,6 +11,8 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import torch
+
 
 def load_pufferl():
     """Import pufferlib.pufferl without keeping its process-wide side effects."""
@@ -78,6 +80,19 @@ def cogames_train_args() -> dict:
             if isinstance(kw.value, ast.Name) and kw.value.id in literals:
                 args[kw.arg] = literals[kw.value.id]
     return args
+
+
+class PufferNet(torch.nn.Module):
+    """Our policy in the shape PuffeRL's train() calls a network: ``(obs [n, H, T, 3], state) -> (logits, values)``,
+    so that PuffeRL can train the very network our trainer trains."""
+
+    def __init__(self, policy: torch.nn.Module):
+        super().__init__()
+        self.policy, self.hidden_size = policy, policy.hidden_size
+
+    def forward(self, obs: torch.Tensor, state: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, values = self.policy(obs)
+        return logits.reshape(-1, logits.shape[-1]), values.reshape(-1, 1)
 
 
 def make_pufferl(vecenv, policy, **overrides):

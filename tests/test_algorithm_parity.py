@@ -7,7 +7,7 @@ import pufferlib._C  # noqa: F401  registers torch.ops.pufferlib.compute_puff_ad
 import pytest
 import torch
 from cogames.policy.tutorial_policy import TutorialPolicyNet
-from puffer_reference import make_pufferl
+from puffer_reference import PufferNet, make_pufferl
 
 from aligner_lightning import algorithm
 from aligner_lightning.datamodule import RolloutDataModule
@@ -55,18 +55,6 @@ def test_advantage_with_unit_ratio_is_truncated_gae():
 def _smoke_datamodule(**kw) -> RolloutDataModule:
     base = dict(mission="smoke", num_envs=2, seed=42, bptt_horizon=16, batch_size=512, minibatch_size=128)
     return RolloutDataModule(**{**base, **kw})
-
-
-class PufferNet(torch.nn.Module):
-    """Our policy in the shape PuffeRL's train() calls: ``(obs [n, H, T, 3], state) -> (logits, values)``."""
-
-    def __init__(self, policy: AlignerPolicy):
-        super().__init__()
-        self.policy, self.hidden_size = policy, policy.hidden_size
-
-    def forward(self, obs, state):
-        logits, values = self.policy(obs)
-        return logits.reshape(-1, logits.shape[-1]), values.reshape(-1, 1)
 
 
 def check_epoch_update_matches_pufferl_train(monkeypatch, max_minibatch_size: int, seed: int) -> None:
