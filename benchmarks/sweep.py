@@ -113,6 +113,7 @@ def _overlay(sweep: Sweep, variant: str) -> Path:
     path.write_text(yaml.safe_dump({
         "trainer": {
             "check_val_every_n_epoch": 1_000_000,
+            "num_sanity_val_steps": 0,  # no evaluation of the initial policy either
             "enable_progress_bar": False,
             "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                        "init_args": {"save_dir": str(sweep.log_root), "name": f"sweep_{sweep.name}",
