@@ -109,8 +109,13 @@ class RandomActor:
 
 @dataclass
 class Episode:
-    metrics: dict[str, float]  # one value per key of envs.METRICS
+    info: dict[str, float]  # the episode's summary (envs.EpisodeSummary): the METRICS and every raw stat
     frames: list[np.ndarray] = field(default_factory=list)  # RGB uint8 [H, W, 3], if recorded
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """One value per key of envs.METRICS."""
+        return {k: self.info[k] for k in METRICS}
 
 
 def play_episode(actor: Actor, factory: EnvFactory, replay_writer: ReplayLogWriter | None = None,
@@ -132,7 +137,7 @@ def play_episode(actor: Actor, factory: EnvFactory, replay_writer: ReplayLogWrit
             done = bool(terminals.all() or truncations.all())
             if frame_stride and (done or sim.current_step % frame_stride == 0):
                 frames.append(render_frame(sim))
-        return Episode({k: info[k] for k in METRICS}, frames)
+        return Episode(dict(info), frames)
     finally:
         env.close()
 

@@ -19,6 +19,7 @@ import lightning as L
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cogames.policy.tutorial_policy import TutorialPolicyNet  # noqa: E402
 from puffer_reference import PufferNet, make_pufferl  # noqa: E402
