@@ -30,6 +30,7 @@ from aligner_lightning.errors import raise_if
 from aligner_lightning.missions.registry import MAX_SEED
 from aligner_lightning.policy import AlignerPolicy
 from aligner_lightning.render import render_frame
+from aligner_lightning.replay_log import NamedReplayWriter
 from aligner_lightning.scripted import ScriptedTeam
 
 HELD_OUT_MIN_SEED = 1_000_000  # below this, evaluation maps may be maps that training played
@@ -205,16 +206,16 @@ def play_episodes(actor: Actor, mission: str, overrides: dict[str, Any], setting
     result = EvalResult()
     for k in range(settings.episodes):
         seed = settings.seed_base + episode_offset + k
-        writer = ReplayLogWriter(str(replay_dir)) if replay_dir is not None and k < settings.replays else None
+        name = f"{mission}_seed{seed}"
+        writer = NamedReplayWriter(str(replay_dir), name) if replay_dir is not None and k < settings.replays else None
         stride = settings.frame_stride if settings.gif and k == 0 else 0
         factory = EnvFactory(mission, overrides, seed=seed, seed_stride=1, early_reset=False)
         episode = play_episode(actor, factory, writer, stride)
         result.episodes.append(episode.metrics)
         result.frames.extend(episode.frames)
         if writer is not None:
-            # The writer names files by a random uuid; name them by mission and seed instead.
-            (written,) = writer.get_written_replay_paths()
-            result.replay_paths.append(Path(written).replace(replay_dir / f"{mission}_seed{seed}.json.z"))
+            (written,) = writer.get_written_replay_paths()  # <replay_dir>/<name>.json.z
+            result.replay_paths.append(Path(written))
     return result
 
 
