@@ -43,9 +43,10 @@ def random_observations(env_factory: EnvFactory, steps: int, seed: int = 0) -> t
 
 
 def write_config(tmp_path: Path, epochs: int, extra_callbacks: list[dict] | None = None, evaluation: bool = True,
-                 **data) -> Path:
+                 deterministic: bool = True, **data) -> Path:
     """The debug config in its deterministic mode: envs reset at every epoch start with seeds from the epoch,
     and 63-step episodes fit in the 64-step rollout, so a resumed run replays exactly what the unbroken run saw.
+    ``deterministic=False`` keeps the debug config's own data section (96-step episodes run across epochs);
     ``evaluation=False`` turns evaluation off (no step-0 and no periodic evaluation)."""
     cfg = yaml.safe_load(DEBUG.read_text())
     cfg["trainer"]["enable_progress_bar"] = False
@@ -57,8 +58,11 @@ def write_config(tmp_path: Path, epochs: int, extra_callbacks: list[dict] | None
     if not evaluation:
         cfg["trainer"].update(num_sanity_val_steps=0, limit_val_batches=0)
     cfg["model"].update(total_timesteps=epochs * EPOCH_STEPS, torch_threads=1)  # small: one thread is as fast
-    cfg["data"].update({"mission_overrides": {"max_steps": 63}, "reset_envs_each_epoch": True, "bptt_horizon": 16,
-                        "batch_size": EPOCH_STEPS, "minibatch_size": 256, "update_epochs": 2, **data})
+    if deterministic:
+        cfg["data"].update({"mission_overrides": {"max_steps": 63}, "reset_envs_each_epoch": True, "bptt_horizon": 16,
+                            "batch_size": EPOCH_STEPS, "minibatch_size": 256, "update_epochs": 2})
+    cfg["data"].update(data)
+    assert cfg["data"]["batch_size"] == EPOCH_STEPS or "batch_size" in data
     path = tmp_path / f"cfg_{len(list(tmp_path.glob('cfg_*')))}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
