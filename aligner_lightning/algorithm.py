@@ -1,4 +1,4 @@
-"""PuffeRL 3.0.23's learning rule as pure tensor functions (spec: shared/spec/puffer_algorithm.md).
+"""PuffeRL 3.0.23's learning rule as pure tensor functions (described in docs/algorithm.md).
 
 Nothing here knows about environments or Lightning: tensors in, tensors out. Every function is checked
 against pufferlib's own code on identical inputs (tests/test_algorithm_parity.py).
@@ -69,10 +69,12 @@ def sample_segments(probs: torch.Tensor, num_segments: int, beta: float) -> tupl
 
 @dataclass
 class LossConfig:
-    clip_coef: float = 0.2
-    vf_clip_coef: float = 0.2
-    vf_coef: float = 2.0
-    ent_coef: float = 0.01
+    """The loss coefficients (their defaults: ``AlignerPPO``'s arguments of the same names)."""
+
+    clip_coef: float
+    vf_clip_coef: float
+    vf_coef: float
+    ent_coef: float
 
 
 def ppo_loss(

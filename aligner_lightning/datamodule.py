@@ -82,7 +82,7 @@ class RolloutDataModule(L.LightningDataModule):
         self.horizon, self.batch_size = bptt_horizon, batch_size
         self.minibatch_size, self.max_minibatch_size = minibatch_size, max_minibatch_size
         self.update_epochs = update_epochs
-        self.factory = EnvFactory(mission, self.mission_overrides, seed, seed_stride, 0, early_reset)
+        self.factory = EnvFactory(mission, self.mission_overrides, seed, seed_stride, early_reset)
         self.agents_per_env = make_mission(mission, **self.mission_overrides).game.num_agents
         self._validate()
         self.rollout: Rollout | None = None
@@ -161,11 +161,15 @@ class RolloutDataModule(L.LightningDataModule):
         rank = self.trainer.global_rank if self.trainer else 0
         self.factory.first_env = rank * self.num_envs
         device = self.trainer.lightning_module.device if self.trainer else torch.device("cpu")
+        self.rollout = self.make_rollout(device)
+
+    def make_rollout(self, device: torch.device) -> Rollout:
+        """This rank's vector env and rollout buffer, with this module's options."""
         vecenv = make_vecenv(self.factory, self.num_envs, self.backend, self.num_workers, self.env_batch_size)
         hp = self.hparams
-        self.rollout = Rollout(vecenv, self.segments, self.horizon, device, hp.store_initial_state,
-                               hp.reset_lstm_on_done, hp.reset_envs_each_epoch, carry_lstm_state=hp.carry_lstm_state,
-                               reward_scale=hp.reward_scale, reward_clip=hp.reward_clip)
+        return Rollout(vecenv, self.segments, self.horizon, device, store_initial_state=hp.store_initial_state,
+                       reset_lstm_on_done=hp.reset_lstm_on_done, reset_envs_each_epoch=hp.reset_envs_each_epoch,
+                       carry_lstm_state=hp.carry_lstm_state, reward_scale=hp.reward_scale, reward_clip=hp.reward_clip)
 
     def teardown(self, stage: str) -> None:
         if self.rollout is not None:

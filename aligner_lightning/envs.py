@@ -9,8 +9,8 @@ Ranks continue the numbering: global env index = rank * num_envs + i, so no two 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import numpy as np
 import pufferlib.vector as pvector
@@ -23,47 +23,101 @@ from mettagrid.policy.policy_env_interface import PolicyEnvInterface
 from mettagrid.simulator import Simulator, SimulatorEventHandler
 from pufferlib.pufferlib import set_buffers
 
+from aligner_lightning import stats
 from aligner_lightning.missions import make_mission
+from aligner_lightning.missions.aligner import GEAR
 
 BACKENDS = ("serial", "multiprocessing", "auto")
 EPOCH_SEED_STRIDE = 100_003  # reset_envs_each_epoch: epoch e's seeds are the env's seed + e * this
 
 
-class EpisodeSummary(SimulatorEventHandler):
-    """Puts a flat summary of each finished episode into the env's info dict.
+# Per-episode metrics: training logs their means as ``environment/<key>``, evaluation as ``eval/<key>``.
+METRICS: dict[str, str] = {
+    "episode_return": "mean over agents of the episode return",
+    "return_std_agents": "standard deviation over agents of the episode return",
+    "episode_length": "steps played",
+    "junctions_aligned": f"alignments the team made (game stat {stats.ALIGNED_GAINED})",
+    "aligned_held_avg": f"junctions in the team's network on an average step ({stats.ALIGNED_HELD} / steps)",
+    "first_alignment_step": "step of the team's first alignment; the episode length if there was none",
+    "heart_gained": "hearts the agents took from the hub, summed over agents",
+    "heart_lost": "hearts that left the agents (spent on an alignment, or dropped at hp 0), summed over agents",
+    "aligner_gained": "aligner gear picked up, summed over agents",
+    "aligner_lost": "aligner gear given up for other gear or dropped at hp 0, summed over agents",
+    "other_gear_gained": "gear other than aligner picked up (each one penalised), summed over agents",
+    "deaths": "times an agent's hp reached 0, summed over agents",
+}
 
-    mettagrid's StatsTracker also dumps the whole config and the timers into every episode's info; the
-    trainer only needs the game stats, the per-agent mean of the agent stats and the return.
+
+# Info keys that are constants of the map or of the observation encoder, not of play: never logged.
+CONSTANT_STATS = ("game/objects.", "game/tokens_")
+
+
+def tensorboard_tag(info_key: str) -> str | None:
+    """Where training logs the per-episode mean of an episode-info value: the METRICS as ``environment/<key>``,
+    the rest of mettagrid's stats as ``env_stats/<key>``, and the CONSTANT_STATS nowhere (None)."""
+    if info_key in METRICS:
+        return f"environment/{info_key}"
+    if info_key.startswith(CONSTANT_STATS):
+        return None
+    return f"env_stats/{info_key}"
+
+
+class EpisodeSummary(SimulatorEventHandler):
+    """Puts a flat summary of each finished episode into the env's info dict; training and evaluation read it.
+
+    The info holds the METRICS, every game stat as ``game/<stat>`` and the per-agent mean of every agent stat
+    as ``agent/<stat>`` (mettagrid's StatsTracker would also dump the whole config and the timers).
     """
 
     def on_episode_start(self) -> None:
+        self._first_alignment: int | None = None
         self._sim._context["infos"] = {}
+
+    def on_step(self) -> None:
+        # get_game_stat reads one stat (under a microsecond); sim.episode_stats would build every dict (~35 us).
+        if self._first_alignment is None and self._sim._c_sim.get_game_stat(stats.ALIGNED_GAINED):
+            self._first_alignment = self._sim.current_step
 
     def on_episode_end(self) -> None:
         sim = self._sim
-        stats = sim.episode_stats
-        info: dict[str, float] = {f"game/{k}": float(v) for k, v in stats["game"].items()}
-        agents = stats["agent"]
+        episode = sim.episode_stats
+        game, agents = episode["game"], episode["agent"]
         totals: dict[str, float] = {}
         for agent_stats in agents:
             for k, v in agent_stats.items():
                 totals[k] = totals.get(k, 0.0) + float(v)
+        returns = np.asarray(sim.episode_rewards, dtype=np.float64)
+        steps = float(sim.current_step)
+        info = {
+            "episode_return": float(returns.mean()),
+            "return_std_agents": float(returns.std()),
+            "episode_length": steps,
+            "junctions_aligned": float(game.get(stats.ALIGNED_GAINED, 0.0)),
+            "aligned_held_avg": float(game.get(stats.ALIGNED_HELD, 0.0)) / max(steps, 1.0),
+            "first_alignment_step": float(steps if self._first_alignment is None else self._first_alignment),
+            "heart_gained": totals.get(stats.gained("heart"), 0.0),
+            "heart_lost": totals.get(stats.lost("heart"), 0.0),
+            "aligner_gained": totals.get(stats.gained("aligner"), 0.0),
+            "aligner_lost": totals.get(stats.lost("aligner"), 0.0),
+            "other_gear_gained": sum(totals.get(stats.gained(g), 0.0) for g in GEAR if g != "aligner"),
+            "deaths": totals.get(stats.DEATH, 0.0),
+        }
+        info.update({f"game/{k}": float(v) for k, v in game.items()})
         info.update({f"agent/{k}": v / len(agents) for k, v in totals.items()})
-        info["episode_return"] = float(np.mean(sim.episode_rewards))
-        info["episode_length"] = float(sim.current_step)
         sim._context["infos"] = info
 
 
 @dataclass
 class EnvFactory:
-    """Picklable env constructor (Multiprocessing workers call it in their own process)."""
+    """Picklable env constructor (Multiprocessing workers call it in their own process). The fields are
+    ``RolloutDataModule``'s arguments of the same names (``data.seed``, ``data.early_reset``, ...)."""
 
-    mission: str = "aligner_tutorial"
-    overrides: dict[str, Any] = field(default_factory=dict)
-    seed: int = 42
-    seed_stride: int = 1
-    first_env: int = 0  # global index of this rank's env 0
-    early_reset: bool = True  # end each env's first episode at a random step, as the tutorial did
+    mission: str
+    overrides: dict[str, Any]
+    seed: int
+    seed_stride: int
+    early_reset: bool  # end each env's first episode at a random step, as the tutorial did
+    first_env: int = 0  # global index of this rank's env 0 (rank * num_envs; the datamodule sets it per rank)
 
     def config(self) -> MettaGridConfig:
         return make_mission(self.mission, **self.overrides)
@@ -71,21 +125,28 @@ class EnvFactory:
     def env_seed(self, env_index: int) -> int:
         return self.seed + (self.first_env + env_index) * self.seed_stride
 
-    def __call__(self, buf: Any = None, seed: int | None = 0) -> MettaGridPufferEnv:
+    def make_env(self, env_index: int = 0, buf: Any = None,
+                 handlers: Sequence[SimulatorEventHandler] = ()) -> "SeededPufferEnv":
+        """Env ``env_index`` of this rank, seeded with ``env_seed(env_index)`` (its map generator too, unless the
+        overrides fix ``map_seed``). ``handlers`` are added to its simulator after the episode summary."""
         cfg = self.config()
-        env_seed = self.env_seed(seed or 0)
+        env_seed = self.env_seed(env_index)
         builder = cfg.game.map_builder
         if isinstance(builder, MapGen.Config) and "map_seed" not in self.overrides:
             builder.seed = env_seed
-        simulator = Simulator()
-        simulator.add_event_handler(EpisodeSummary())
         early = EarlyResetHandler() if self.early_reset else None
-        if early is not None:
-            simulator.add_event_handler(early)
+        simulator = Simulator()
+        for handler in [EpisodeSummary(), *([early] if early is not None else []), *handlers]:
+            simulator.add_event_handler(handler)
         env = SeededPufferEnv(simulator, cfg, buf=buf, seed=env_seed)
         env.early_reset_handler = early
         set_buffers(env, buf)
         return env
+
+    def __call__(self, buf: Any = None, seed: int | None = 0) -> "SeededPufferEnv":
+        """PufferLib's vector backends build env i as ``creator(buf=..., seed=i)`` (``pufferlib.vector.make``'s
+        seed 0 plus the env's index): the keyword is theirs, the value is an env index."""
+        return self.make_env(seed or 0, buf)
 
 
 class SeededPufferEnv(MettaGridPufferEnv):

@@ -9,6 +9,7 @@ over ranks) have been collected. Metrics go to the logger against agent steps, n
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
@@ -18,12 +19,12 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.tensorboard import SummaryWriter
-from torchmetrics.aggregation import CatMetric
 
 from aligner_lightning import algorithm
 from aligner_lightning.errors import ConfigError, TrainingDiverged, raise_if
-from aligner_lightning.evaluate import METRICS, EvalSettings, PolicyActor, evaluate, format_table
-from aligner_lightning.policy import AlignerPolicy, evaluate_actions
+from aligner_lightning.envs import tensorboard_tag
+from aligner_lightning.episodes import EvalSettings, PolicyActor, format_table, play_episodes, summarize
+from aligner_lightning.policy import AlignerPolicy, logprob_and_entropy
 from aligner_lightning.policy_spec import (PolicyFactory, PolicySpecError, build_policy, canonical, default_spec,
                                            spec_of)
 from aligner_lightning.render import log_episode_media
@@ -40,7 +41,7 @@ class AlgoConfig:
     vtrace_c_clip: float
     prio_alpha: float
     prio_beta0: float
-    sampling: str = "prioritized"
+    sampling: str
 
 
 class AlignerPPO(L.LightningModule):
@@ -71,8 +72,9 @@ class AlignerPPO(L.LightningModule):
         eval_greedy: bool = False,
         eval_seed_base: int = 1_000_000_000,
         eval_replays: int = 1,
-        eval_video: bool = True,
+        eval_gif: bool = True,
         eval_max_steps: int | None = None,
+        eval_video: bool | None = None,
     ):
         """
         Args:
@@ -105,11 +107,18 @@ class AlignerPPO(L.LightningModule):
             eval_greedy: act by argmax instead of sampling (cogames' tools sample).
             eval_seed_base: evaluation episode k plays map seed eval_seed_base + k (held out from training).
             eval_replays: episodes per evaluation saved as MettaScope replays under <run>/replays/.
-            eval_video: log an animation of one evaluation episode to TensorBoard.
+            eval_gif: log an animated GIF of one evaluation episode to TensorBoard (Images tab).
             eval_max_steps: episode length override for evaluation (null: the mission's).
+            eval_video: deprecated, the old name of eval_gif: a value given here is used for eval_gif.
         """
         super().__init__()
-        self.save_hyperparameters(ignore=["policy"])  # the policy is recorded as a spec (class_path, init_args)
+        if eval_video is not None:
+            warnings.warn("model.eval_video is deprecated: it is now called model.eval_gif", UserWarning,
+                          stacklevel=2)
+            eval_gif = eval_video
+        # The policy is recorded as a spec (class_path, init_args) in the checkpoint instead.
+        self.save_hyperparameters(ignore=["eval_video", "policy"])
+        self.hparams.eval_gif = eval_gif
         self.automatic_optimization = False
         try:
             self.policy_spec = spec_of(policy)
@@ -121,7 +130,8 @@ class AlignerPPO(L.LightningModule):
         self.agent_steps = 0  # global (all ranks)
         self.train_seconds = 0.0  # wall-clock of the training epochs so far, summed over resumes
         self.eval_settings = self._validate()
-        self._eval_values = torch.nn.ModuleDict({k: CatMetric() for k in METRICS})
+        self._eval_result = None
+        self._logged_env_stats: set[str] = set()  # env_stats/ tags: those that have been nonzero in this run
         self._reset_epoch_stats()
 
     def _validate(self) -> EvalSettings:
@@ -148,9 +158,9 @@ class AlignerPPO(L.LightningModule):
         settings = None
         try:
             settings = EvalSettings(episodes=hp.eval_episodes, greedy=hp.eval_greedy, seed_base=hp.eval_seed_base,
-                                    replays=hp.eval_replays, frames=hp.eval_video, max_steps=hp.eval_max_steps)
+                                    replays=hp.eval_replays, gif=hp.eval_gif, max_steps=hp.eval_max_steps)
         except ConfigError as err:  # EvalSettings names its own fields; give the model.eval_* names
-            p += ["model.eval_" + problem.replace("frames=", "video=") for problem in err.problems]
+            p += ["model.eval_" + problem for problem in err.problems]
         raise_if(p)
         return settings
 
@@ -230,7 +240,7 @@ class AlignerPPO(L.LightningModule):
         dm = self.datamodule
         logits, new_values = self.policy(mb.obs, mb.initial_state)
         logits, new_values = logits.float(), new_values.float()
-        new_logprobs, entropy = evaluate_actions(logits, mb.actions)
+        new_logprobs, entropy = logprob_and_entropy(logits, mb.actions)
         loss, stats = algorithm.ppo_loss(new_logprobs, entropy, new_values, mb.logprobs, mb.values,
                                          mb.advantages, mb.weights, self.loss_cfg)
         dm.rollout.buffer.write_back(mb.idx, stats.pop("ratio"), new_values.detach())
@@ -291,19 +301,33 @@ class AlignerPPO(L.LightningModule):
         return metrics
 
     def _episode_means(self) -> dict[str, float]:
-        """Per-episode means over the episodes finished this epoch on all ranks (pooled sums and counts)."""
-        sums, episodes = self.datamodule.rollout.episodes.pop()
-        if self._world_size() > 1:
-            gathered: list = [None] * self._world_size()
-            dist.all_gather_object(gathered, (sums, episodes))
-            sums, episodes = {}, 0
-            for rank_sums, rank_episodes in gathered:
-                episodes += rank_episodes
-                for k, v in rank_sums.items():
-                    sums[k] = sums.get(k, 0.0) + v
+        """Per-episode means over the episodes finished this epoch on all ranks (pooled sums and counts), under
+        the tags of ``envs.tensorboard_tag``. An ``env_stats/`` tag is logged from the first epoch in which its
+        stat is nonzero: a stat that has only ever been 0 (a resource the mission never uses) stays out."""
+        sums, episodes = {}, 0
+        for rank_sums, rank_episodes in self._gather(self.datamodule.rollout.episodes.pop()):
+            episodes += rank_episodes
+            for k, v in rank_sums.items():
+                sums[k] = sums.get(k, 0.0) + v
         if not episodes:
             return {}
-        return {f"environment/{k}": v / episodes for k, v in sorted(sums.items())}
+        means = {}
+        for key, total in sorted(sums.items()):
+            tag = tensorboard_tag(key)
+            if tag is None or (tag.startswith("env_stats/") and tag not in self._logged_env_stats and total == 0):
+                continue
+            if tag.startswith("env_stats/"):
+                self._logged_env_stats.add(tag)
+            means[tag] = total / episodes
+        return means
+
+    def _gather(self, obj: Any) -> list:
+        """Every rank's ``obj`` (a picklable object), in rank order."""
+        if self._world_size() == 1:
+            return [obj]
+        gathered: list = [None] * self._world_size()
+        dist.all_gather_object(gathered, obj)
+        return gathered
 
     def _world_size(self) -> int:
         return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
@@ -316,6 +340,8 @@ class AlignerPPO(L.LightningModule):
 
     # -- evaluation (validate, test, and periodic validation during fit) ----------------------------------------
     def validation_step(self, batch: Any, batch_idx: int) -> None:
+        if self.trainer.sanity_checking and self.agent_steps > 0:
+            return  # the sanity check evaluates a fresh run's initial policy (step 0), not a resumed run's
         self._play_evaluation("validate")
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
@@ -327,16 +353,15 @@ class AlignerPPO(L.LightningModule):
         share = -(-self.eval_settings.episodes // world)
         settings = replace(self.eval_settings, episodes=share,
                            replays=min(self.eval_settings.replays, share) if rank == 0 else 0,
-                           frames=self.eval_settings.frames and rank == 0)
+                           gif=self.eval_settings.gif and rank == 0)
         log_dir = self.trainer.log_dir
         replay_dir = Path(log_dir) / "replays" / f"{stage}_agent_steps={self.agent_steps}" if log_dir else None
-        actor = PolicyActor(self.policy, self.device, greedy=settings.greedy)
+        # Its own generator: evaluating draws nothing from the RNG that training samples with.
+        generator = torch.Generator(device=self.device).manual_seed(settings.seed_base + rank * share)
+        actor = PolicyActor(self.policy, self.device, greedy=settings.greedy, generator=generator)
         dm = self.datamodule
-        self._eval_result = evaluate(actor, dm.hparams.mission, dm.mission_overrides, settings, replay_dir,
-                                     episode_offset=rank * share)
-        for episode in self._eval_result.episodes:
-            for key, value in episode.items():
-                self._eval_values[key].update(torch.tensor(value, dtype=torch.float32, device=self.device))
+        self._eval_result = play_episodes(actor, dm.hparams.mission, dm.mission_overrides, settings, replay_dir,
+                                          episode_offset=rank * share)
 
     def on_validation_epoch_end(self) -> None:
         self._report_evaluation("validate")
@@ -345,28 +370,27 @@ class AlignerPPO(L.LightningModule):
         self._report_evaluation("test")
 
     def _report_evaluation(self, stage: str) -> None:
-        """Pool the episodes of all ranks (torchmetrics), then log mean and std against agent steps."""
-        summary = {}
-        for key, metric in self._eval_values.items():
-            values = metric.compute().reshape(-1).float()
-            metric.reset()
-            summary[key] = (float(values.mean()), float(values.std(unbiased=False)) if values.numel() > 1 else 0.0)
-        count = int(values.numel())
-        metrics = {f"eval/{k}": m for k, (m, _) in summary.items()}
-        metrics.update({f"eval/{k}_std": sd for k, (_, sd) in summary.items()})
+        """Pool the episodes of all ranks, then log each metric's mean (eval/) and standard deviation (eval_std/)
+        over the episodes against agent steps, the GIF of one episode, and print the table."""
+        result, self._eval_result = self._eval_result, None
+        episodes = [e for rank_episodes in self._gather(result.episodes if result else []) for e in rank_episodes]
+        if not episodes:
+            return
+        summary = summarize(episodes)
+        metrics = {f"eval/{k}": mean for k, (mean, _) in summary.items()}
+        metrics.update({f"eval_std/{k}": std for k, (_, std) in summary.items()})
         self.log_dict(metrics, logger=False, batch_size=1, rank_zero_only=True)  # Lightning's results table
         if self.global_rank != 0:
             return
         if self.logger is not None:
             self.logger.log_metrics(metrics, step=self.agent_steps)
-            frames = getattr(self, "_eval_result", None) and self._eval_result.frames
             experiment = getattr(self.logger, "experiment", None)
-            if frames and isinstance(experiment, SummaryWriter):
-                log_episode_media(experiment, "eval/episode", frames, step=self.agent_steps)
-        replays = ", ".join(str(p) for p in self._eval_result.replay_paths) or "none"
-        rank_zero_info(f"\n{stage} at {self.agent_steps} agent steps, {count} episodes "
+            if result.frames and isinstance(experiment, SummaryWriter):
+                log_episode_media(experiment, "eval/episode", result.frames, step=self.agent_steps)
+        replays = ", ".join(str(p) for p in result.replay_paths) or "none"
+        rank_zero_info(f"\n{stage} at {self.agent_steps} agent steps, {len(episodes)} episodes "
                        f"({'greedy' if self.eval_settings.greedy else 'sampled'} actions, map seeds from "
-                       f"{self.eval_settings.seed_base}):\n{format_table(summary, count)}\nreplays: {replays}")
+                       f"{self.eval_settings.seed_base}):\n{format_table(summary, len(episodes))}\nreplays: {replays}")
 
     # -- checkpoint ----------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -254,7 +254,7 @@ def sample_actions(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return action.squeeze(-1), logp_all.gather(-1, action).squeeze(-1)
 
 
-def evaluate_actions(logits: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def logprob_and_entropy(logits: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probability of the taken ``actions`` and the policy entropy, PuffeRL's formulas."""
     logp_all = logits - logits.logsumexp(dim=-1, keepdim=True)
     logprob = logp_all.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)

@@ -98,10 +98,10 @@ class EpisodeStats:
 class Rollout:
     """Owns the vector env, the buffer and the per-batch LSTM state; ``collect`` runs one epoch's rollout."""
 
-    def __init__(self, vecenv, segments: int, horizon: int, device: torch.device,
-                 store_initial_state: bool = False, reset_lstm_on_done: bool = False,
-                 reset_envs_each_epoch: bool = False, carry_lstm_state: bool = False,
-                 reward_scale: float = 1.0, reward_clip: float = 1.0):
+    def __init__(self, vecenv, segments: int, horizon: int, device: torch.device, *, store_initial_state: bool,
+                 reset_lstm_on_done: bool, reset_envs_each_epoch: bool, carry_lstm_state: bool, reward_scale: float,
+                 reward_clip: float):
+        """The options are ``RolloutDataModule``'s arguments of the same names (``make_rollout`` passes them)."""
         self.vecenv = vecenv
         self.horizon = horizon
         self.device = device

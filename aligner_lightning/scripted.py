@@ -3,7 +3,7 @@
 It reads the simulator's full state (every object, its position, tags and inventory) instead of the
 agents' observations. Each agent navigates by BFS over the grid: it buys aligner gear at ``c:aligner``,
 fills up on hearts at the hub, then bumps the nearest alignable neutral junction that no teammate has
-claimed, and repeats. Spec §14 reports 58-59 alignments per 1000-step episode for this strategy.
+claimed, and repeats. On the arena it aligns every junction of the map within a 1000-step episode.
 
 Usage, step by step on a ``MettaGridPufferEnv`` (or anything with a ``current_simulation``)::
 
@@ -11,6 +11,8 @@ Usage, step by step on a ``MettaGridPufferEnv`` (or anything with a ``current_si
     team = ScriptedTeam(env)
     while ...:
         env.step(team.actions())
+
+``episodes.ScriptedActor`` wraps it for the episode runner.
 
 Torch-free (pufferlib imports torch, so this module never imports the puffer env), so it runs
 anywhere the missions run.
@@ -23,16 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
-from mettagrid.config.mettagrid_config import MettaGridConfig
-from mettagrid.simulator import Simulation, Simulator
+from mettagrid.simulator import Simulation
 
-from aligner_lightning.missions.aligner import (
-    ALIGN_HUB_RADIUS,
-    ALIGN_NET_RADIUS,
-    NET_TAG,
-    TEAM,
-    TEAM_TAG,
-)
+from aligner_lightning.missions.aligner import ALIGN_HUB_RADIUS, ALIGN_NET_RADIUS, NET_TAG, TEAM_TAG
 
 Cell = tuple[int, int]  # (row, col)
 # Primary action names and the (row, col) step each one takes.
@@ -45,11 +40,6 @@ class SimulationSource(Protocol):
 
     @property
     def current_simulation(self) -> Simulation: ...
-
-
-@dataclass(frozen=True)
-class _FixedSimulation:
-    current_simulation: Simulation
 
 
 @dataclass
@@ -139,6 +129,8 @@ class ScriptedTeam:
 
     def _nearest(self, world: _World, pos: Cell, junctions: list[dict[str, Any]]) -> int | None:
         """The junction with the shortest walk from pos (a junction is reached from a neighbouring cell)."""
+        if not junctions:  # every junction aligned or claimed: most calls late in an episode, and a BFS each
+            return None
         dist = _bfs(world.blocked, [pos])
         best, best_d = None, np.inf
         for j in junctions:
@@ -174,7 +166,7 @@ class ScriptedTeam:
 
 
 def _alignable(cell: Cell, hub: Cell, net_cells: list[Cell]) -> bool:
-    """§5.3 distance rule: within 15 of a net:cogs member or within 25 of the hub (Euclidean)."""
+    """The alignment distance rule: within 15 of a net:cogs member or within 25 of the hub (Euclidean)."""
     if _dist2(cell, hub) <= ALIGN_HUB_RADIUS**2:
         return True
     return any(_dist2(cell, n) <= ALIGN_NET_RADIUS**2 for n in net_cells)
@@ -215,39 +207,3 @@ def _bfs(blocked: np.ndarray, sources: list[Cell]) -> np.ndarray:
                 dist[nr, nc] = d
                 queue.append((nr, nc))
     return dist
-
-
-def run_scripted_episode(cfg: MettaGridConfig, seed: int = 0) -> dict[str, float]:
-    """Play one full episode of ``cfg`` with the scripted team and return its headline figures.
-
-    The episode is the first simulation of a fresh ``Simulator``, so a fixed ``map_seed`` s gives exactly
-    the map MapGen builds for s. ``seed`` seeds the simulation and the team's tie-breaking moves.
-    Keys: ``aligned`` (``cogs/aligned.junction.gained``), ``held`` (``cogs/aligned.junction.held``),
-    ``hearts_withdrawn``, ``first_alignment_step`` (-1 if none), ``mean_return``, ``min_return`` and
-    ``max_return`` (per agent), ``steps``.
-    """
-    sim = Simulator().new_simulation(cfg, seed=seed)
-    try:
-        team = ScriptedTeam(_FixedSimulation(sim), seed=seed)
-        names = sim.action_names
-        first = -1
-        while not sim.is_done():
-            for agent_id, action in enumerate(team.actions()):
-                sim.agent(agent_id).set_action(names[action])
-            sim.step()
-            if first < 0 and sim.episode_stats["game"].get(f"{TEAM}/aligned.junction.gained", 0) > 0:
-                first = sim.current_step
-        game = sim.episode_stats["game"]
-        returns = sim.episode_rewards
-        return {
-            "aligned": game.get(f"{TEAM}/aligned.junction.gained", 0.0),
-            "held": game.get(f"{TEAM}/aligned.junction.held", 0.0),
-            "hearts_withdrawn": game.get(f"{TEAM}/heart.withdrawn", 0.0),
-            "first_alignment_step": float(first),
-            "mean_return": float(returns.mean()),
-            "min_return": float(returns.min()),
-            "max_return": float(returns.max()),
-            "steps": float(sim.current_step),
-        }
-    finally:
-        sim.close()

@@ -1,8 +1,8 @@
 """Random-action env throughput: one MettaGridPufferEnv, and pufferlib's Serial vector env of 4.
 
 Prints agent-steps/s (median of --repeats runs, auto-resets included) and the mean reset time; asserts
-nothing. Reference on the 2-core dev machine (spec §14): ~36k agent-steps/s for one aligner env,
-~39k for Serial x 4.
+nothing. Reference on an idle 2-core Intel Xeon: ~36k agent-steps/s for one aligner env, ~39k for Serial x 4
+(docs/performance.md).
 
     python benchmarks/env_throughput.py [--mission aligner_tutorial] [--steps 10000] [--repeats 3]
 """

@@ -3,8 +3,8 @@
 Per seed, both trainers run at the same time in their own subprocess (one torch thread each, so one core each on
 a 2-core machine), with the same seed and the seed config's 10M-step cosine LR schedule, and stop at the step
 budget. Each writes one CSV of per-epoch episode means; the script then plots return and aligned junctions held
-against agent steps, with the
-reference PuffeRL run from the notes (shared/notes/learning.md), and prints a table per 1M-step window.
+against agent steps, with the 10M-step reference PuffeRL run (docs/learning.md), and prints a table per 1M-step
+window and, over several seeds, the parity test. Results and how to read them: docs/learning.md.
 
     python benchmarks/learning_curve.py --steps 2500000 --seeds 42
     python benchmarks/learning_curve.py --plot-only
@@ -32,10 +32,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 BATCH = 4096  # agent steps per epoch (the seed config)
 TRAINERS = ("pufferl", "ours")
-# CSV column -> episode-info key (PuffeRL's stats; ours logs it as environment/<key>). held_avg is derived.
+# CSV column -> episode-info key (PuffeRL's stats; ours logs it under envs.tensorboard_tag(key)). held_avg is derived.
 # mettagrid leaves a stat out of an episode's info when it is 0; a missing stat counts as 0 here (per-episode
-# means, as our trainer logs them). The seed-42 CSVs predate this and hold means over the episodes where the
-# stat was nonzero, for both trainers alike (docs/learning_curve.md).
+# means, as our trainer logs them). The seed-42 CSVs hold means over the episodes where the stat was nonzero,
+# for both trainers alike (docs/learning.md).
 METRICS = {
     "return": "episode_return",
     "aligned_per_episode": "game/cogs/aligned.junction.gained",
@@ -45,8 +45,8 @@ METRICS = {
 }
 HELD, LENGTH = "game/cogs/aligned.junction.held", "episode_length"
 COLUMNS = ["agent_steps", "wall_s", *METRICS, "held_avg"]
-# The reference PuffeRL run (seed config, seed 42, 10M cosine schedule): per-agent return per 1M-step window,
-# from the project's notes (shared/notes/learning.md).
+# The reference PuffeRL run (seed config, seed 42, 10M cosine schedule): per-agent return per 1M-step window
+# (docs/learning.md, "The seed recipe over 10M steps").
 REFERENCE_RETURN = [0.6, 0.8, 3.1, 6.3, 10.6, 16.2, 18.2, 19.4, 20.9, 21.8]
 
 
@@ -73,10 +73,11 @@ def run_pufferl_worker(seed: int, steps: int, schedule_steps: int, out: Path, t0
     from cogames.policy.tutorial_policy import TutorialPolicyNet
     from puffer_reference import make_pufferl
 
-    from aligner_lightning.envs import EnvFactory, env_interface, make_vecenv
+    from aligner_lightning.datamodule import RolloutDataModule
+    from aligner_lightning.envs import env_interface, make_vecenv
 
     torch.set_num_threads(1)
-    factory = EnvFactory(mission="aligner_tutorial", seed=seed)
+    factory = RolloutDataModule(mission="aligner_tutorial", seed=seed).factory  # the seed config's envs
     vecenv = make_vecenv(factory, 4)
     torch.manual_seed(seed)
     trainer = make_pufferl(vecenv, TutorialPolicyNet(env_interface(factory)), seed=seed,
@@ -99,13 +100,15 @@ def ours_csv(run_dir: Path, out: Path, t0: float) -> None:
     """Our run's TensorBoard scalars (per-epoch episode means, step = agent steps) as the same CSV."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    from aligner_lightning.envs import tensorboard_tag
+
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     acc.Reload()
     wall = {e.step: e.wall_time - t0 for e in acc.Scalars("agent_steps")}
     means: dict[int, dict[str, float]] = defaultdict(dict)
     for key in [*METRICS.values(), HELD, LENGTH]:
-        if f"environment/{key}" in acc.Tags()["scalars"]:
-            for e in acc.Scalars(f"environment/{key}"):
+        if tensorboard_tag(key) in acc.Tags()["scalars"]:
+            for e in acc.Scalars(tensorboard_tag(key)):
                 means[e.step][key] = e.value
     write_csv(out, [epoch_row(s, wall[s], means[s]) for s in sorted(wall)])
 
@@ -187,7 +190,7 @@ def plot(runs: dict, path: Path) -> None:
                 ax.plot(x / 1e6, y, styles[seeds.index(seed) % 4], **kw)
     windows = range(math.ceil(end / 1e6))
     axes[0].errorbar([w + 0.5 for w in windows], [REFERENCE_RETURN[w] for w in windows], xerr=0.5, fmt="kD",
-                     ms=6, capsize=3, label="reference PuffeRL run, seed 42 (notes, 1M-step window means)")
+                     ms=6, capsize=3, label="PuffeRL 10M reference run, seed 42 (1M-step window means)")
     axes[0].set(ylabel="episode return per agent", title="Return")
     axes[1].set(ylabel="aligned junctions held, time average\n(seed 42: over episodes that held any; others: all)",
                 title="Aligned junctions held")
@@ -225,7 +228,7 @@ def summary(runs: dict) -> None:
         wall = d["wall_s"][-1]
         print(f"{trainer:8s} {seed:4d}  {cells}  {wall:7.0f} {d['agent_steps'][-1] / wall:6.0f}")
     ref = "  ".join(f"{REFERENCE_RETURN[int(a // 1e6)]:6.2f}".ljust(6).rjust(22) for a, _ in edges)
-    print(f"{'notes':8s} {42:4d}  {ref}  (reference PuffeRL run, full 1M windows)")
+    print(f"{'ref':8s} {42:4d}  {ref}  (PuffeRL 10M reference run, full 1M windows)")
 
 
 def permutation_p(x: list[float], y: list[float]) -> float:

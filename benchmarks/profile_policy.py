@@ -23,11 +23,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from conftest import random_observations  # noqa: E402
 from cogames.policy.tutorial_policy import TutorialPolicyNet  # noqa: E402
+from helpers import random_observations  # noqa: E402
 from sweep import cpu_model  # noqa: E402
 
-from aligner_lightning.envs import EnvFactory, env_interface  # noqa: E402
+from aligner_lightning.datamodule import RolloutDataModule  # noqa: E402
+from aligner_lightning.envs import env_interface  # noqa: E402
 from aligner_lightning.policy import AlignerPolicy  # noqa: E402
 
 
@@ -52,7 +53,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    factory = EnvFactory(mission="aligner_tutorial", seed=42)
+    factory = RolloutDataModule(mission="aligner_tutorial").factory
     info = env_interface(factory)
     frames = random_observations(factory, 256)  # [256 steps, 4 agents, 200, 3]
     step_obs = frames[:4].reshape(16, 200, 3).contiguous()  # one rollout step: 4 envs x 4 agents

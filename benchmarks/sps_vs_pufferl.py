@@ -36,10 +36,11 @@ def run_pufferl(epochs: int, threads: int, mission: str) -> dict:
     from cogames.policy.tutorial_policy import TutorialPolicyNet
     from puffer_reference import make_pufferl
 
-    from aligner_lightning.envs import EnvFactory, env_interface, make_vecenv
+    from aligner_lightning.datamodule import RolloutDataModule
+    from aligner_lightning.envs import env_interface, make_vecenv
 
     torch.set_num_threads(threads)
-    factory = EnvFactory(mission=mission, seed=42)
+    factory = RolloutDataModule(mission=mission).factory  # the seed config's envs
     vecenv = make_vecenv(factory, 4)
     torch.manual_seed(42)
     trainer = make_pufferl(vecenv, TutorialPolicyNet(env_interface(factory)))

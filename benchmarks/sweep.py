@@ -113,6 +113,7 @@ def _overlay(sweep: Sweep, variant: str) -> Path:
     path.write_text(yaml.safe_dump({
         "trainer": {
             "check_val_every_n_epoch": 1_000_000,
+            "num_sanity_val_steps": 0,  # no evaluation of the initial policy either
             "enable_progress_bar": False,
             "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                        "init_args": {"save_dir": str(sweep.log_root), "name": f"sweep_{sweep.name}",
@@ -209,8 +210,9 @@ class Runner:
         s = self.sweep
         cmd = [sys.executable, str(ROOT / "train.py"), "test", *_config_flags(s, variant, seed),
                "--trainer.logger", "false", "--ckpt_path", str(ckpt),
+               "--trainer.default_root_dir", str(ckpt.parent.parent / "eval"),  # its config.yaml goes there
                "--model.eval_episodes", str(s.eval_episodes), "--model.eval_replays", "0",
-               "--model.eval_video", "false", "--model.eval_greedy", "false"]
+               "--model.eval_gif", "false", "--model.eval_greedy", "false"]
         log = ckpt.parent.parent / f"eval_{ckpt.stem}.log"
         return Job("eval", variant, seed, cmd, log, checkpoint=ckpt)
 
@@ -253,8 +255,8 @@ class Runner:
                "train_seconds": round(float(meta.get("train_seconds", float("nan"))), 1),
                "episodes": table["junctions_aligned"][2],
                "aligned_mean": table["junctions_aligned"][0], "aligned_std": table["junctions_aligned"][1],
-               "return_mean": table["return"][0], "return_std": table["return"][1],
-               "hearts_used_mean": table["hearts_used"][0], "gear_pickups_mean": table["gear_pickups"][0],
+               "return_mean": table["episode_return"][0], "return_std": table["episode_return"][1],
+               "hearts_used_mean": table["heart_lost"][0], "gear_pickups_mean": table["aligner_gained"][0],
                "deaths_mean": table["deaths"][0], "cpu": self.cpu}
         RESULTS.mkdir(parents=True, exist_ok=True)
         new = not self.csv_path.exists()

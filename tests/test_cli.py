@@ -1,63 +1,108 @@
-"""The real entry point, run as a user runs it, plus its answers to bad input."""
+"""The real entry point and what a user sees from it: the scalars, checkpoints and evaluation of a run, the
+evaluate-only subcommands, and the answers to bad input."""
 
 from __future__ import annotations
 
 import json
 import math
-import subprocess
-import zlib
 import sys
-from pathlib import Path
+import zlib
 
 import pytest
+from helpers import DEBUG, EPOCH_STEPS, ROOT, TRAINED_EPOCHS, run_main, scalars
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from aligner_lightning import cli
+from aligner_lightning import cli, module
+from aligner_lightning.envs import METRICS
 
-ROOT = Path(__file__).resolve().parents[1]
-DEBUG = str(ROOT / "configs" / "debug.yaml")
-
-
-def run_train(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout)
+LOSSES = ("policy_loss", "value_loss", "entropy", "approx_kl", "old_approx_kl", "clipfrac", "importance",
+          "explained_variance")
 
 
-def scalars(run_dir: Path) -> dict[str, list]:
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    return {tag: acc.Scalars(tag) for tag in acc.Tags()["scalars"]}
-
-
-@pytest.fixture(scope="module")
-def debug_run(tmp_path_factory) -> Path:
-    """--print_config output is valid input: the debug fit runs from the printed config."""
-    tmp = tmp_path_factory.mktemp("debug")
-    printed = run_train(["fit", "--config", DEBUG, "--print_config"], tmp)
-    assert printed.returncode == 0, printed.stderr
-    cfg = tmp / "printed.yaml"
-    cfg.write_text(printed.stdout)
-    out = run_train(["fit", "--config", str(cfg), "--run_name", "smoke"], tmp)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return tmp
-
-
-def test_debug_fit_logs_scalars_and_checkpoints(debug_run):
-    run_dir = debug_run / "lightning_logs" / "smoke"
+def test_fit_logs_scalars_and_checkpoints(trained_run):
+    run_dir = trained_run / "lightning_logs" / "full"
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert (run_dir / "config.yaml").is_file() and (run_dir / "hparams.yaml").is_file()
     logged = scalars(run_dir)
-    for tag in ("SPS", "agent_steps", "learning_rate", "losses/policy_loss", "losses/value_loss", "losses/entropy",
-                "losses/approx_kl", "losses/old_approx_kl", "losses/clipfrac", "losses/importance",
-                "losses/explained_variance", "environment/episode_return", "environment/game/cogs/aligned.junction.held",
-                "performance/rollout_time"):
+    for tag in ("SPS", "agent_steps", "learning_rate", *(f"losses/{k}" for k in LOSSES), "performance/rollout_time"):
         assert tag in logged, f"{tag} missing; logged: {sorted(logged)}"
-    steps = [e.step for e in logged["losses/policy_loss"]]
-    assert steps == [512 * (i + 1) for i in range(8)]  # x-axis is agent steps, one point per epoch
+    steps = [s for s, _ in logged["losses/policy_loss"]]
+    assert steps == [EPOCH_STEPS * (i + 1) for i in range(TRAINED_EPOCHS)]  # x-axis: agent steps, one point an epoch
     for tag in ("losses/policy_loss", "losses/value_loss", "losses/entropy"):
-        assert all(math.isfinite(e.value) for e in logged[tag])
-    lr = [e.value for e in logged["learning_rate"]]
+        assert all(math.isfinite(v) for _, v in logged[tag])
+    lr = [v for _, v in logged["learning_rate"]]
     assert lr[0] < 0.00092 and lr[-1] == pytest.approx(0.0, abs=1e-12)  # cosine annealed to 0 over the run
+
+
+def test_environment_group_is_the_episode_metrics(trained_run):
+    """environment/ holds exactly the per-episode metrics (one TensorBoard page); the other mettagrid stats are in
+    env_stats/, without the map's object counts, the observation-token counters and stats that were never
+    nonzero (resources the mission does not use)."""
+    logged = scalars(trained_run / "lightning_logs" / "full")
+    environment = {t.split("/", 1)[1] for t in logged if t.startswith("environment/")}
+    assert environment == set(METRICS) and len(environment) <= 12
+    for tag in ("environment/episode_length", "environment/first_alignment_step"):
+        assert all(0 < v <= 63 for _, v in logged[tag])  # 63-step episodes
+    env_stats = {t for t in logged if t.startswith("env_stats/")}
+    assert "env_stats/game/cogs/heart.withdrawn" in env_stats and "env_stats/agent/heart.gained" in env_stats
+    assert not [t for t in env_stats if "objects." in t or "tokens_" in t]
+    assert "env_stats/game/cogs/solar.amount" not in env_stats  # the hub never holds solar
+    assert all(any(v != 0 for _, v in logged[t]) for t in env_stats)
+
+
+def test_periodic_evaluation_during_fit(trained_run):
+    """An evaluation at step 0 (the initial policy) and every 2 epochs: each metric's mean in eval/, its standard
+    deviation over episodes in eval_std/, at least three finite points per chart."""
+    logged = scalars(trained_run / "lightning_logs" / "full")
+    for key in METRICS:
+        for group in ("eval", "eval_std"):
+            points = logged[f"{group}/{key}"]
+            assert [s for s, _ in points] == [0, 2 * EPOCH_STEPS, 4 * EPOCH_STEPS], f"{group}/{key}"
+            assert all(math.isfinite(v) for _, v in points)
+    assert {t.split("/")[0] for t in logged if t.startswith("eval")} == {"eval", "eval_std"}
+
+
+def printed_tables(monkeypatch) -> list[str]:
+    """What the module prints through Lightning's rank-zero logger (the evaluation tables), as it is printed."""
+    printed: list[str] = []
+    monkeypatch.setattr(module, "rank_zero_info", printed.append)
+    return printed
+
+
+def test_test_subcommand_evaluates_a_checkpoint(monkeypatch, trained_run):
+    printed = printed_tables(monkeypatch)
+    ckpt = trained_run / "lightning_logs/full/checkpoints/last.ckpt"
+    assert run_main(monkeypatch, trained_run, "test", "--config", DEBUG, "--ckpt_path", ckpt,
+                    "--trainer.enable_progress_bar", "false", "--model.eval_episodes", "2") == 0
+    (table,) = printed
+    assert "test at 2048 agent steps, 2 episodes" in table and "junctions_aligned" in table
+    test_dir = trained_run / "lightning_logs/full/test"  # beside the run's own logs, its config untouched
+    logged = scalars(test_dir)
+    for key in METRICS:
+        assert logged[f"eval/{key}"][0][0] == logged[f"eval_std/{key}"][0][0] == 2048  # the checkpoint's steps
+    (replay,) = test_dir.glob("replays/*/*.json.z")
+    replay_json = json.loads(zlib.decompress(replay.read_bytes()))
+    assert {"version", "map_size", "num_agents", "objects", "action_names"} <= replay_json.keys()
+    acc = EventAccumulator(str(test_dir), size_guidance={"images": 0})
+    acc.Reload()
+    assert "eval/episode" in acc.Tags()["images"]  # the animated episode
+
+
+def test_validate_subcommand_evaluates_the_initial_policy(monkeypatch, tmp_path):
+    printed = printed_tables(monkeypatch)
+    assert run_main(monkeypatch, tmp_path, "validate", "--config", DEBUG, "--run_name", "v",
+                    "--trainer.enable_progress_bar", "false", "--model.eval_episodes", "1",
+                    "--model.eval_gif", "false", "--model.eval_replays", "0") == 0
+    (table,) = printed
+    assert "validate at 0 agent steps, 1 episodes" in table and "replays: none" in table
+    run_dir = tmp_path / "lightning_logs" / "v"
+    logged = scalars(run_dir)
+    assert [s for s, _ in logged["eval/junctions_aligned"]] == [0]
+    assert logged["eval/episode_length"] == [(0, 96.0)] and logged["eval_std/episode_return"] == [(0, 0.0)]
+    assert not (run_dir / "replays").exists()  # eval_replays 0
+    acc = EventAccumulator(str(run_dir), size_guidance={"images": 0})
+    acc.Reload()
+    assert acc.Tags()["images"] == []  # eval_gif false
 
 
 @pytest.mark.parametrize(
@@ -69,14 +114,12 @@ def test_debug_fit_logs_scalars_and_checkpoints(debug_run):
         (["--data.mission_overrides", "{max_steps: 0}"], "max_steps must be an int in [1, 100000]"),
         (["--model.eval_episodes", "0", "--model.gamma", "2"], "model.eval_episodes=0"),  # all problems at once
         (["--model.eval_episodes", "0", "--model.gamma", "2"], "model.gamma=2.0: must be in [0, 1]"),
+        (["--model.eval_gif", "1"], "model.eval_gif"),
     ],
 )
-def test_bad_config_values_get_one_clear_error(monkeypatch, capsys, args, expected):
+def test_bad_config_values_get_one_clear_error(monkeypatch, capsys, tmp_path, args, expected):
     extra = ["--data.bptt_horizon", "64", "--data.batch_size", "512", "--data.minibatch_size", "512"]
-    monkeypatch.setattr(sys, "argv", ["train.py", "fit", "--config", DEBUG, *extra, *args])
-    with pytest.raises(SystemExit) as exc:
-        cli.main()
-    assert exc.value.code == 2
+    assert run_main(monkeypatch, tmp_path, "fit", "--config", DEBUG, *extra, *args) == 2
     err = capsys.readouterr().err
     assert expected in err and "Traceback" not in err
 
@@ -96,44 +139,12 @@ def test_shipped_configs_parse(monkeypatch, capsys, configs):
         assert "batch_size: 4096" in printed and "RunCheckpoint" in printed  # the base config is kept
 
 
-def test_missing_config_file(tmp_path):
-    out = run_train(["fit", "--config", str(tmp_path / "missing.yaml")], tmp_path, timeout=120)
-    assert out.returncode != 0
-    assert "missing.yaml" in out.stderr and "Traceback" not in out.stderr
+def test_missing_config_file(monkeypatch, capsys, tmp_path):
+    assert run_main(monkeypatch, tmp_path, "fit", "--config", tmp_path / "missing.yaml") != 0
+    err = capsys.readouterr().err
+    assert "missing.yaml" in err and "Traceback" not in err
 
 
-def test_periodic_evaluation_during_fit(debug_run):
-    logged = scalars(debug_run / "lightning_logs" / "smoke")
-    assert [e.step for e in logged["eval/junctions_aligned"]] == [2048, 4096]  # every 4 epochs of 512 steps
-
-
-def test_test_subcommand_evaluates_a_checkpoint(debug_run):
-    ckpt = debug_run / "lightning_logs/smoke/checkpoints/last.ckpt"
-    out = run_train(["test", "--config", DEBUG, "--ckpt_path", str(ckpt), "--model.eval_episodes", "2"], debug_run)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "junctions_aligned" in out.stdout + out.stderr  # the printed table
-    test_dir = debug_run / "lightning_logs/smoke/test"  # beside the run's own logs, its config untouched
-    logged = scalars(test_dir)
-    for key in ("return", "junctions_aligned", "aligned_held_avg", "hearts_used", "deaths", "first_alignment_step"):
-        assert f"eval/{key}" in logged and f"eval/{key}_std" in logged
-        assert logged[f"eval/{key}"][0].step == 4096  # x-axis: the checkpoint's agent steps
-    (replay,) = test_dir.glob("replays/*/*.json.z")
-    replay_json = json.loads(zlib.decompress(replay.read_bytes()))
-    assert {"version", "map_size", "num_agents", "objects", "action_names"} <= replay_json.keys()
-    acc = EventAccumulator(str(test_dir), size_guidance={"images": 0})
-    acc.Reload()
-    assert "eval/episode" in acc.Tags()["images"]  # the animated episode
-
-
-def test_validate_subcommand_runs(tmp_path):
-    out = run_train(["validate", "--config", DEBUG, "--model.eval_episodes", "1", "--model.eval_video", "false",
-                     "--model.eval_replays", "0"], tmp_path)
-    assert out.returncode == 0, out.stderr[-3000:]
-
-
-def test_product_never_imports_pufferl():
+def test_product_never_imports_pufferl(fresh_imports):
     """Importing pufferlib.pufferl makes RuntimeWarnings errors and hijacks Ctrl-C; the product must not."""
-    code = ("import sys, aligner_lightning.cli, aligner_lightning.evaluate, aligner_lightning.export; "
-            "print('pufferlib.pufferl' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
-    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
+    assert fresh_imports["pufferl"] is False

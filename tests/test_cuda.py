@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import random_observations
+from helpers import random_observations
 
 from aligner_lightning import algorithm
-from aligner_lightning.policy import AlignerPolicy, evaluate_actions
+from aligner_lightning.module import AlignerPPO
+from aligner_lightning.policy import AlignerPolicy, logprob_and_entropy
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -36,9 +37,9 @@ def test_loss_and_gradients_on_cuda_match_cpu(smoke_factory):
 
     def loss_of(policy, device):
         logits, values = policy(obs.to(device))
-        logp, ent = evaluate_actions(logits, actions.to(device))
+        logp, ent = logprob_and_entropy(logits, actions.to(device))
         loss, _ = algorithm.ppo_loss(logp, ent, values, old_logp.to(device), old_v.to(device), adv.to(device),
-                                     w.to(device), algorithm.LossConfig())
+                                     w.to(device), AlignerPPO().loss_cfg)
         loss.backward()
         return loss
 

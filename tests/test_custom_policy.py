@@ -15,7 +15,7 @@ from cogames.cli.policy import parse_policy_spec
 from mettagrid.policy.loader import initialize_or_load_policy
 from mettagrid.runner.rollout import run_episode_local
 
-from aligner_lightning.envs import EnvFactory, env_interface
+from aligner_lightning.envs import env_interface
 from aligner_lightning.export import OWN_CLASS_PATH, export_bundle
 from aligner_lightning.missions import make_mission
 from aligner_lightning.policy import AlignerPolicy
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEBUG, SMALL = str(ROOT / "configs" / "debug.yaml"), str(ROOT / "configs" / "policy_small.yaml")
 SMALL_SPEC = {"class_path": "aligner_lightning.policy.AlignerPolicy",
               "init_args": {"hidden_size": 128, "conv_channels": [32, 64], "encoder_width": 128}}
-QUIET = ["--trainer.enable_progress_bar", "false", "--model.eval_video", "false", "--model.eval_replays", "0"]
+QUIET = ["--trainer.enable_progress_bar", "false", "--model.eval_gif", "false", "--model.eval_replays", "0"]
 
 
 def train_py(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -68,7 +68,7 @@ def test_export_loads_in_mettagrid_and_plays_through_its_runner(small_run, tmp_p
     spec_json = json.loads((bundle / "policy_spec.json").read_text())
     assert spec_json["class_path"] == OWN_CLASS_PATH and spec_json["init_kwargs"] == {"network": SMALL_SPEC}
 
-    info = env_interface(EnvFactory(mission="smoke"))
+    info = env_interface(smoke_factory)
     spec = parse_policy_spec(str(bundle)).to_policy_spec()  # what `cogames run -p /abs/bundle` does
     loaded = initialize_or_load_policy(info, spec)
     ours = build_policy(SMALL_SPEC, info)
@@ -120,7 +120,7 @@ def test_a_protocol_policy_trains_through_rollout_and_loss(tmp_path):
     from aligner_lightning.module import AlignerPPO
 
     torch.manual_seed(0)
-    module = AlignerPPO(policy=GRUPolicy, total_timesteps=1024, eval_video=False, eval_replays=0)
+    module = AlignerPPO(policy=GRUPolicy, total_timesteps=1024, eval_gif=False, eval_replays=0)
     assert module.policy_spec["class_path"].endswith("test_custom_policy.GRUPolicy")
     dm = RolloutDataModule(mission="smoke", num_envs=2, bptt_horizon=16, batch_size=512, minibatch_size=256,
                            store_initial_state=True, reset_lstm_on_done=True, carry_lstm_state=True)

@@ -1,27 +1,34 @@
-"""DDP on CPU (gloo, 2 processes), bf16 on CPU, and the Multiprocessing env backend."""
+"""DDP on CPU (gloo, 2 processes), bf16 on CPU, and the choice of env backend."""
 
 from __future__ import annotations
 
 import json
 import math
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 import torch
-from test_resume import EPOCH_STEPS, load, tb_points, train, write_config
+from helpers import EPOCH_STEPS, load, run_main, scalars, train, write_config
 
 DDP = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
        "--model.torch_threads", "1"]
+DDP_EPOCHS = 2  # each collects 2 ranks x 512 agent steps
 
 
-def test_ddp_two_processes(tmp_path):
-    probe = {"class_path": "fault_injection.DDPProbe", "init_args": {"out_dir": str(tmp_path)}}
-    cfg = write_config(tmp_path, 4, [probe])  # 2 epochs: each collects 2 x 512 agent steps
-    code, _, err = train(cfg, tmp_path, "--run_name", "ddp", *DDP)
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory) -> Path:
+    """An unbroken 2-epoch DDP run with the probe recording each rank, evaluated at step 0 and after epoch 2."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    probe = {"class_path": "fault_injection.DDPProbe", "init_args": {"out_dir": str(tmp)}}
+    code, _, err = train(write_config(tmp, 2 * DDP_EPOCHS, [probe]), tmp, "--run_name", "full", *DDP)
     assert code == 0, err[-3000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    return tmp
 
-    assert ranks[0]["steps_checked"] == ranks[1]["steps_checked"] == 2 * 4  # identical weights after each step
+
+def test_ddp_two_processes(ddp_run):
+    ranks = [json.loads((ddp_run / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["steps_checked"] == ranks[1]["steps_checked"] == DDP_EPOCHS * 4  # identical weights, every step
     assert set(ranks[0]["env_seeds"]).isdisjoint(ranks[1]["env_seeds"])  # each rank its own envs
     assert ranks[0]["env_seeds"] == [42, 43] and ranks[1]["env_seeds"] == [44, 45]
 
@@ -30,49 +37,46 @@ def test_ddp_two_processes(tmp_path):
     for r in ranks:
         for epoch, value in r["episodes"]:
             pooled[epoch].append(value)
-    logged = dict(tb_points(tmp_path / "lightning_logs/ddp", "environment/episode_return"))
-    assert sorted(logged) == [2 * EPOCH_STEPS * (e + 1) for e in sorted(pooled)]
+    logged = scalars(ddp_run / "lightning_logs/full")
+    returns = dict(logged["environment/episode_return"])
+    assert sorted(returns) == [2 * EPOCH_STEPS * (e + 1) for e in sorted(pooled)]
     for epoch, values in pooled.items():
-        assert logged[2 * EPOCH_STEPS * (epoch + 1)] == pytest.approx(sum(values) / len(values), rel=1e-5)
+        assert returns[2 * EPOCH_STEPS * (epoch + 1)] == pytest.approx(sum(values) / len(values), rel=1e-5)
     assert all(r["episodes"] for r in ranks)
-    ckpt = load(tmp_path / "lightning_logs/ddp/checkpoints/last.ckpt")
-    assert ckpt["aligner"]["agent_steps"] == 4 * EPOCH_STEPS and len(ckpt["aligner"]["ranks"]) == 2
+    ckpt = load(ddp_run / "lightning_logs/full/checkpoints/last.ckpt")
+    assert ckpt["aligner"]["agent_steps"] == 2 * DDP_EPOCHS * EPOCH_STEPS and len(ckpt["aligner"]["ranks"]) == 2
+
+    # Evaluation splits the episodes over the ranks (one each) and logs their pooled summary once per evaluation.
+    assert [s for s, _ in logged["eval/episode_return"]] == [0, 2 * DDP_EPOCHS * EPOCH_STEPS]
+    assert all(std > 0 for _, std in logged["eval_std/episode_return"])  # two different episodes, not one twice
 
 
-def test_ddp_resume_restores_every_rank(tmp_path):
-    full = write_config(tmp_path, 8)
-    code, _, err = train(full, tmp_path, "--run_name", "full", *DDP)
-    assert code == 0, err[-3000:]
-    split = write_config(tmp_path, 8, [{"class_path": "fault_injection.SignalAtEpoch", "init_args": {"epoch": 1}}])
+def test_ddp_resume_restores_every_rank(ddp_run, tmp_path):
+    split = write_config(tmp_path, 2 * DDP_EPOCHS, [{"class_path": "fault_injection.SignalAtEpoch",
+                                                      "init_args": {"epoch": 0}}])
     code, _, err = train(split, tmp_path, "--run_name", "split", *DDP)
     assert code == 0, err[-3000:]
     half = load(tmp_path / "lightning_logs/split/checkpoints/last.ckpt")
-    assert half["aligner"]["agent_steps"] == 4 * EPOCH_STEPS
+    assert half["aligner"]["agent_steps"] == 2 * EPOCH_STEPS  # one DDP epoch
     assert len(half["aligner"]["ranks"]) == 2  # both ranks' RNG and env state, restored to their own rank
     code, _, err = train(split, tmp_path, "--run_name", "split", "--ckpt_path", "last", *DDP)
     assert code == 0, err[-3000:]
-    a = load(tmp_path / "lightning_logs/full/checkpoints/last.ckpt")
+    a = load(ddp_run / "lightning_logs/full/checkpoints/last.ckpt")
     b = load(tmp_path / "lightning_logs/split/checkpoints/last.ckpt")
-    assert a["aligner"]["agent_steps"] == b["aligner"]["agent_steps"] == 8 * EPOCH_STEPS
+    assert a["aligner"]["agent_steps"] == b["aligner"]["agent_steps"] == 2 * DDP_EPOCHS * EPOCH_STEPS
     for k, v in a["state_dict"].items():
         torch.testing.assert_close(b["state_dict"][k], v, rtol=0, atol=1e-6, msg=k)
 
 
-def test_bf16_mixed_on_cpu_trains_with_finite_losses(tmp_path):
-    code, _, err = train(write_config(tmp_path, 2), tmp_path, "--run_name", "bf16", "--trainer.precision", "bf16-mixed")
-    assert code == 0, err[-3000:]
+def test_bf16_mixed_on_cpu_trains_with_finite_losses(monkeypatch, tmp_path):
+    cfg = write_config(tmp_path, 1, evaluation=False)
+    assert run_main(monkeypatch, tmp_path, "fit", "--config", cfg, "--run_name", "bf16",
+                    "--trainer.precision", "bf16-mixed") == 0
+    logged = scalars(tmp_path / "lightning_logs/bf16")
     for tag in ("losses/policy_loss", "losses/value_loss", "losses/entropy"):
-        assert all(math.isfinite(v) for _, v in tb_points(tmp_path / "lightning_logs/bf16", tag))
+        assert logged[tag] and all(math.isfinite(v) for _, v in logged[tag])
     ckpt = load(tmp_path / "lightning_logs/bf16/checkpoints/last.ckpt")
     assert all(v.dtype == torch.float32 for k, v in ckpt["state_dict"].items() if k.startswith("policy._"))
-
-
-def test_multiprocessing_backend_with_async_batches(tmp_path):
-    cfg = write_config(tmp_path, 2, backend="multiprocessing", num_workers=2, env_batch_size=1,
-                       reset_envs_each_epoch=False)
-    code, _, err = train(cfg, tmp_path, "--run_name", "mp", "--model.torch_threads", "1")
-    assert code == 0, err[-3000:]
-    assert load(tmp_path / "lightning_logs/mp/checkpoints/last.ckpt")["aligner"]["agent_steps"] >= 2 * EPOCH_STEPS
 
 
 @pytest.mark.parametrize("cores, num_envs, expected", [(2, 4, ("serial", 1)), (8, 4, ("multiprocessing", 4)),

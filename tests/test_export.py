@@ -11,18 +11,18 @@ from mettagrid.policy.loader import initialize_or_load_policy
 from mettagrid.policy.policy_env_interface import PolicyEnvInterface
 from mettagrid.simulator.rollout import Rollout
 
-from aligner_lightning.envs import EnvFactory, env_interface
+from aligner_lightning.envs import env_interface
 from aligner_lightning.errors import CheckpointError
 from aligner_lightning.export import CLASS_PATH, WEIGHTS_FILENAME, export_bundle, interface_mismatch, main
 from aligner_lightning.missions import make_mission
 from aligner_lightning.module import AlignerPPO
 from aligner_lightning.policy import AlignerPolicy
-from conftest import random_observations
+from helpers import factory, random_observations
 
 
 @pytest.fixture(scope="module")
 def smoke_info() -> PolicyEnvInterface:
-    return env_interface(EnvFactory(mission="smoke"))
+    return env_interface(factory("smoke"))
 
 
 def write_checkpoint(path, info: PolicyEnvInterface) -> AlignerPolicy:

@@ -6,7 +6,9 @@ import pytest
 import torch
 from cogames.policy.tutorial_policy import TutorialPolicyNet
 
-from aligner_lightning.policy import AlignerPolicy, evaluate_actions, sample_actions
+from aligner_lightning import algorithm
+from aligner_lightning.module import AlignerPPO
+from aligner_lightning.policy import AlignerPolicy, logprob_and_entropy, sample_actions
 
 
 def _pair(info):
@@ -68,6 +70,33 @@ def test_single_step_matches_cogames_recurrence(aligner_info, aligner_obs):
             torch.testing.assert_close(h, state["lstm_h"].reshape(n, 512), rtol=0, atol=1e-5)
 
 
+def test_training_gradients_match_cogames(aligner_info, aligner_obs):
+    """The PPO loss's gradients through our network and through cogames' agree for every parameter: the only
+    difference is the first convolution's float summation order (see test_algorithm_parity.py for what Adam makes
+    of the gradients that are zero up to that rounding)."""
+    ours, theirs = _pair(aligner_info)
+    seq = aligner_obs.transpose(0, 1).contiguous()  # [agents, T, tokens, 3]
+    g = torch.Generator().manual_seed(3)
+    shape = seq.shape[:2]
+    actions = torch.randint(0, 5, shape, generator=g)
+    old_logprobs, old_values = -torch.rand(shape, generator=g) - 1, torch.randn(shape, generator=g)
+    advantages, weights = torch.randn(shape, generator=g), torch.rand(shape[0], 1, generator=g) + 0.5
+    loss_cfg = AlignerPPO().loss_cfg
+    grads = []
+    for net in (ours, theirs):
+        logits, values = net(seq)
+        logprobs, entropy = logprob_and_entropy(logits.reshape(*shape, -1), actions)
+        loss, _ = algorithm.ppo_loss(logprobs, entropy, values.reshape(shape), old_logprobs, old_values, advantages,
+                                     weights, loss_cfg)
+        loss.backward()
+        grads.append({name: p.grad for name, p in net.named_parameters()})
+    assert grads[0].keys() == grads[1].keys()
+    for name, grad in grads[1].items():
+        scale = grad.abs().max().item()
+        assert scale > 0, name
+        torch.testing.assert_close(grads[0][name], grad, rtol=0, atol=1e-4 * scale, msg=name)
+
+
 def _one_step_via_forward(policy, obs, h, c):
     logits, values = policy(obs.unsqueeze(1), (h, c))
     return logits[:, 0], values[:, 0]
@@ -113,7 +142,7 @@ def test_sampling_and_evaluation_agree():
     logits = torch.randn(64, 5)
     actions, logprob = sample_actions(logits)
     assert actions.shape == (64,) and ((actions >= 0) & (actions < 5)).all()
-    logprob2, entropy = evaluate_actions(logits, actions)
+    logprob2, entropy = logprob_and_entropy(logits, actions)
     torch.testing.assert_close(logprob, logprob2)
     ref = torch.distributions.Categorical(logits=logits)
     torch.testing.assert_close(entropy, ref.entropy())

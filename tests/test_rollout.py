@@ -1,8 +1,86 @@
-"""Rollout bookkeeping that the parity tests do not reach."""
+"""The rollout's options (off by default, so the parity tests do not reach them) and its episode bookkeeping."""
 
 from __future__ import annotations
 
-from aligner_lightning.rollout import EpisodeStats
+import pytest
+import torch
+
+from aligner_lightning.datamodule import RolloutDataModule
+from aligner_lightning.module import AlignerPPO
+from aligner_lightning.policy import AlignerPolicy
+from aligner_lightning.rollout import EpisodeStats, Rollout
+
+CPU = torch.device("cpu")
+
+
+def datamodule(**options) -> RolloutDataModule:
+    """Two smoke envs (8 agents), 32 segments of 16 steps, minibatches of 8 segments."""
+    base = dict(mission="smoke", num_envs=2, seed=42, early_reset=False, bptt_horizon=16, batch_size=512,
+                minibatch_size=128)
+    return RolloutDataModule(**{**base, **options})
+
+
+def collect(dm: RolloutDataModule, epochs: int, after_each=None) -> Rollout:
+    """``epochs`` rollouts of one untrained policy, with fixed seeds."""
+    torch.manual_seed(0)
+    policy = AlignerPolicy.from_env_interface(dm.env_info)
+    rollout = dm.make_rollout(CPU)
+    torch.manual_seed(99)
+    for epoch in range(epochs):
+        rollout.collect(policy, epoch)
+        if after_each is not None:
+            after_each(rollout)
+    rollout.close()
+    return rollout
+
+
+def test_reward_scale_and_clip_are_applied_to_the_stored_rewards():
+    raw = collect(datamodule(reward_clip=1e9), 1).buffer.rewards  # the env's rewards (same seeds, same actions)
+    stored = collect(datamodule(reward_scale=0.2, reward_clip=0.3), 1).buffer.rewards
+    assert (raw.abs() > 1.5).any() and (raw != 0).float().mean() > 0.5  # some clipped, most nonzero
+    torch.testing.assert_close(stored, (0.2 * raw).clamp(-0.3, 0.3), rtol=0, atol=1e-7)
+    # PuffeRL's default: clamp to [-1, 1], unscaled.
+    torch.testing.assert_close(collect(datamodule(), 1).buffer.rewards, raw.clamp(-1, 1), rtol=0, atol=0)
+
+
+def test_sequential_sampling_visits_every_segment_once_per_pass():
+    dm = datamodule(update_epochs=3)
+    rollout = dm.make_rollout(CPU)
+    algo = AlignerPPO(sampling="sequential").algo
+    batches = list(rollout.minibatches(dm.num_minibatches, dm.minibatch_segments, algo, beta=0.5))
+    rollout.close()
+    per_pass = dm.segments // dm.minibatch_segments
+    assert len(batches) == 3 * per_pass == 12
+    orders = [torch.cat([b.idx for b in batches[p * per_pass:(p + 1) * per_pass]]) for p in range(3)]
+    for order in orders:
+        assert sorted(order.tolist()) == list(range(dm.segments))
+    assert not torch.equal(orders[0], orders[1])  # a fresh random order each pass
+    assert all(torch.equal(b.weights, torch.ones(dm.minibatch_segments, 1)) for b in batches)
+
+
+def test_prioritized_sampling_draws_distinct_segments_with_importance_weights():
+    dm = datamodule()
+    rollout = dm.make_rollout(CPU)
+    rollout.buffer.rewards.normal_(generator=torch.Generator().manual_seed(0))  # nonuniform advantages
+    (first, *_) = rollout.minibatches(dm.num_minibatches, dm.minibatch_segments, AlignerPPO().algo, beta=0.5)
+    rollout.close()
+    assert len(set(first.idx.tolist())) == dm.minibatch_segments
+    assert first.weights.shape == (dm.minibatch_segments, 1) and not torch.allclose(first.weights, first.weights[0])
+
+
+@pytest.mark.parametrize("carry", [False, True])
+def test_carry_lstm_state_starts_the_next_rollout_from_the_last_state(carry):
+    """PuffeRL zeroes the LSTM state at every rollout's start; with carry_lstm_state the next rollout starts from
+    the state the last one ended with (stored per segment with store_initial_state)."""
+    ends = []
+    rollout = collect(datamodule(store_initial_state=True, carry_lstm_state=carry), 2,
+                      lambda r: ends.append(r._state[0][0].clone()))  # the (one) env batch's h after each rollout
+    agents = rollout.total_agents
+    initial_h = rollout.buffer.initial_state[0]
+    start = initial_h[:agents]  # rows 0..agents-1 begin at the second rollout's first step
+    assert ends[0].abs().sum() > 0
+    torch.testing.assert_close(start, ends[0] if carry else torch.zeros_like(start), rtol=0, atol=0)
+    assert initial_h[agents:].abs().sum() > 0  # later segments start mid-rollout in both modes
 
 
 def test_episode_stats_count_a_missing_stat_as_zero():

@@ -1,8 +1,8 @@
 """The CoGames aligner tutorial mission ("seed era"), built from mettagrid 0.26 primitives.
 
-Target label: ``cogsguard_arena.aligner_tutorial.easy.aligner_rewards.braveheart``. The rules, numbers
-and the primitive used for each rule are in the shared spec (``aligner_mission.md``); section numbers in
-comments below refer to it. The object and agent configs are built by functions that take an
+Target label: ``cogsguard_arena.aligner_tutorial.easy.aligner_rewards.braveheart``. The rules, their numbers
+and the mettagrid primitive behind each one are described in ``docs/mission.md``; the comments below name the
+section of that page they implement. The object and agent configs are built by functions that take an
 ``AlignerParams``, so tests and small worlds can put the same rules on another map.
 """
 
@@ -86,35 +86,50 @@ from mettagrid.mapgen.scenes.biome_arena import BiomeArenaConfig
 from mettagrid.mapgen.scenes.building_distributions import DistributionConfig, DistributionType
 from mettagrid.mapgen.scenes.compound import CompoundConfig
 
+from aligner_lightning.stats import (
+    ALIGNED,
+    ALIGNED_BY_AGENT,
+    ALIGNED_GAINED,
+    ALIGNED_HELD,
+    ALIGNED_LOST,
+    HEART_WITHDRAWN,
+    NETWORK_HELD,
+    SCRAMBLED_BY_AGENT,
+    TEAM,
+    gained,
+    hub_amount,
+    lost,
+    withdrawn,
+)
+
 LABEL = "cogsguard_arena.aligner_tutorial.easy.aligner_rewards.braveheart"
 
-# §3: this order fixes the observation feature ids (inv:<r> tokens).
+# Resource order (docs/mission.md, Agents): it fixes the observation feature ids of the inv:<r> tokens.
 ELEMENTS = ("oxygen", "carbon", "germanium", "silicon")
 GEAR = ("aligner", "scrambler", "miner", "scout")
 RESOURCES = ("energy", "heart", "hp", "solar", *ELEMENTS, *GEAR)
 
-TEAM = "cogs"
 TEAM_TAG = f"team:{TEAM}"
 NET_TAG = f"net:{TEAM}"
 TERRITORY = "team_territory"
 
-# §5.2: hub elements paid per gear purchase.
+# Gear stations (docs/mission.md, Objects): hub elements paid per gear purchase.
 GEAR_COSTS: dict[str, dict[str, int]] = {
     "aligner": {"carbon": 3, "oxygen": 1, "germanium": 1, "silicon": 1},
     "scrambler": {"carbon": 1, "oxygen": 3, "germanium": 1, "silicon": 1},
     "miner": {"carbon": 1, "oxygen": 1, "germanium": 3, "silicon": 1},
     "scout": {"carbon": 1, "oxygen": 1, "germanium": 1, "silicon": 3},
 }
-HUB_WEALTH = 3  # §5.1: hub elements = agents x max element cost (3) x wealth (3)
-HEART_COST = 7  # §5.1: elements of each kind per crafted heart
+HUB_WEALTH = 3  # hub elements of each kind = agents x max element cost (3) x wealth (3)
+HEART_COST = 7  # elements of each kind per heart the hub crafts
 EXTRACTOR_UNITS = 200
-ALIGN_NET_RADIUS = 15  # §5.3: align within 15 of a net:cogs member ...
+ALIGN_NET_RADIUS = 15  # a junction aligns within 15 of a net:cogs member ...
 ALIGN_HUB_RADIUS = 25  # ... or within 25 of the hub
-NET_EDGE_RADIUS = 25  # §5.4: closure edge length
+NET_EDGE_RADIUS = 25  # the network: aligned junctions within 25 of a member join it
 HUB_TERRITORY_STRENGTH = 20
 JUNCTION_TERRITORY_STRENGTH = 10
 MOVE_ENERGY = 4
-DAY_NIGHT_PERIOD = 200  # §9: day at 0, 200, ...; night at 100, 300, ...
+DAY_NIGHT_PERIOD = 200  # day at 0, 200, ...; night at 100, 300, ...
 SOLAR_SWING = 2
 
 # Map names used by the Compound scene; the object type names follow cogames ("hub", "<gear>_station").
@@ -122,7 +137,7 @@ HUB_MAP_NAME = "c:hub"
 STATION_MAP_NAMES = tuple(f"c:{g}" for g in GEAR)
 BUILDINGS = ("junction", "germanium_extractor", "silicon_extractor", "oxygen_extractor", "carbon_extractor")
 
-# §6: the 7 vibes of the original, in order; they have no gameplay effect.
+# The 7 vibes of the original, in order; they have no gameplay effect (docs/mission.md, Actions).
 VIBES = (
     Vibe("😐", "default"),
     Vibe("❤️", "heart"),
@@ -164,11 +179,11 @@ def _deposit_elements() -> list:
 
 
 def _log_elements_withdrawn() -> list[StatsMutation]:
-    return [logStatToGame(f"{TEAM}/{el}.withdrawn") for el in ELEMENTS]
+    return [logStatToGame(withdrawn(el)) for el in ELEMENTS]
 
 
 def agent_config(params: AlignerParams) -> AgentConfig:
-    """§3, §4, §8: limits, per-tick rules and rewards of a cogs agent."""
+    """A cogs agent: inventory limits, per-tick rules and rewards (docs/mission.md: Agents, Every tick, Rewards)."""
     limits = {
         "hp": ResourceLimitsConfig(base=100, resources=["hp"], modifiers={"scout": 400, "scrambler": 200}),
         "gear": ResourceLimitsConfig(base=0, max=1, resources=list(GEAR), modifiers={"hp": 100}),
@@ -182,7 +197,7 @@ def agent_config(params: AlignerParams) -> AgentConfig:
             Handler(name="regen", mutations=[updateActor({"hp": -1})]),
             Handler(
                 name="track_aligned_junctions",
-                mutations=[logActorAgentStat("aligned_junction_held", source=QueryCountValue(query=query(NET_TAG)))],
+                mutations=[logActorAgentStat(NETWORK_HELD, source=QueryCountValue(query=query(NET_TAG)))],
             ),
             Handler(
                 name="solar_to_energy",
@@ -204,7 +219,7 @@ def agent_config(params: AlignerParams) -> AgentConfig:
 
 
 def move_config() -> MoveActionConfig:
-    """§6: a successful step or use costs 4 energy and needs it; a failed one is free.
+    """Moves: a successful step or use costs 4 energy and needs it; a failed one is free.
 
     mettagrid 0.26.21 ignores ``MoveActionConfig.consumed_resources`` (a move into an empty cell is
     free), so the cost is charged by an explicit move handler chain plus the agent's after-use handler.
@@ -223,24 +238,24 @@ def move_config() -> MoveActionConfig:
 
 
 def agent_rewards(max_steps: int) -> dict[str, AgentReward]:
-    """§8: the objective (1/max_steps per network member per tick) plus aligner shaping."""
+    """The objective (1/max_steps per network member per tick) plus the aligner shaping (docs/mission.md, Rewards)."""
     weights = {
-        "aligner.gained": 2.0,
-        "aligner.lost": -2.0,
-        "heart.gained": 0.5,
-        "heart.lost": -0.5,
-        "junction.aligned_by_agent": 5.0,
-        "miner.gained": -1.0,
-        "scout.gained": -1.0,
-        "scrambler.gained": -1.0,
+        gained("aligner"): 2.0,
+        lost("aligner"): -2.0,
+        gained("heart"): 0.5,
+        lost("heart"): -0.5,
+        ALIGNED_BY_AGENT: 5.0,
+        gained("miner"): -1.0,
+        gained("scout"): -1.0,
+        gained("scrambler"): -1.0,
     }
-    rewards = {"aligned_junction_held": reward(stat("aligned_junction_held"), weight=1.0 / max_steps)}
+    rewards = {NETWORK_HELD: reward(stat(NETWORK_HELD), weight=1.0 / max_steps)}
     rewards |= {name.replace(".", "_"): reward(stat(name), weight=w) for name, w in weights.items()}
     return rewards
 
 
 def hub_config(params: AlignerParams) -> GridObjectConfig:
-    """§5.1: the team hub; only handler #2 (get_heart) fires in practice."""
+    """The team hub; of its five handlers only get_heart fires in this mission (docs/mission.md, Objects)."""
     shared = sharedTagPrefix("team:")
     elements = HUB_WEALTH * max(max(c.values()) for c in GEAR_COSTS.values()) * params.num_agents
     heart_cost = {el: HEART_COST for el in ELEMENTS}
@@ -249,7 +264,7 @@ def hub_config(params: AlignerParams) -> GridObjectConfig:
         Handler(
             name="get_heart",
             filters=[shared, *_hub_has({"heart": 2})],
-            mutations=[withdraw({"heart": 1}), logStatToGame(f"{TEAM}/heart.withdrawn")],
+            mutations=[withdraw({"heart": 1}), logStatToGame(HEART_WITHDRAWN)],
         ),
         Handler(
             name="get_and_make_heart",
@@ -263,7 +278,7 @@ def hub_config(params: AlignerParams) -> GridObjectConfig:
         Handler(
             name="get_last_heart",
             filters=[shared, *_hub_has({"heart": 1})],
-            mutations=[withdraw({"heart": 1}), logStatToGame(f"{TEAM}/heart.withdrawn")],
+            mutations=[withdraw({"heart": 1}), logStatToGame(HEART_WITHDRAWN)],
         ),
         Handler(
             name="make_heart",
@@ -285,7 +300,7 @@ def hub_config(params: AlignerParams) -> GridObjectConfig:
 
 
 def station_config(gear: str) -> GridObjectConfig:
-    """§5.2: a gear station; buying clears the actor's gear group and debits the hub."""
+    """A gear station; buying clears the actor's gear group and debits the hub."""
     shared = sharedTagPrefix("team:")
     cost = GEAR_COSTS[gear]
     handlers = [
@@ -306,7 +321,7 @@ def station_config(gear: str) -> GridObjectConfig:
 
 
 def junction_config() -> GridObjectConfig:
-    """§5.3: a neutral junction that cogs agents align with aligner gear and a heart."""
+    """A neutral junction that cogs agents align with aligner gear and a heart."""
     handlers: list[AnyHandler] = [
         Handler(
             name="deposit_cogs",
@@ -320,8 +335,8 @@ def junction_config() -> GridObjectConfig:
             mutations=[
                 removeTagPrefix("net:"),
                 updateActor({"heart": -1}),
-                logActorAgentStat("junction.scrambled_by_agent"),
-                logStatToGame(f"{TEAM}/aligned.junction.lost"),
+                logActorAgentStat(SCRAMBLED_BY_AGENT),
+                logStatToGame(ALIGNED_LOST),
                 recomputeMaterializedQuery(NET_TAG),
             ],
         ),
@@ -334,8 +349,8 @@ def junction_config() -> GridObjectConfig:
             ],
             mutations=[
                 updateActor({"heart": -1}),
-                logActorAgentStat("junction.aligned_by_agent"),
-                logStatToGame(f"{TEAM}/aligned.junction.gained"),
+                logActorAgentStat(ALIGNED_BY_AGENT),
+                logStatToGame(ALIGNED_GAINED),
                 addTag(TEAM_TAG),
                 addTag(NET_TAG),
                 recomputeMaterializedQuery(NET_TAG),
@@ -352,7 +367,7 @@ def junction_config() -> GridObjectConfig:
 
 
 def extractor_config(element: str) -> GridObjectConfig:
-    """§5.5: irrelevant to aligning, but part of the world."""
+    """An element extractor: irrelevant to aligning, but part of the world."""
     handlers = [
         Handler(name="miner", filters=[actorHas({"miner": 1})], mutations=[withdraw({element: 10}, remove_when_empty=True)]),
         Handler(name="extract", mutations=[withdraw({element: 1}, remove_when_empty=True)]),
@@ -373,18 +388,18 @@ def object_configs(params: AlignerParams) -> dict[str, AnyGridObjectConfig]:
 
 
 def game_on_tick() -> AnyHandler | None:
-    """§11: game stats written every tick."""
+    """Game stats written every tick (docs/mission.md, Statistics)."""
     connected = MaxGameValue(values=[SumGameValue(values=[QueryCountValue(query=query(NET_TAG)), val(-1)]), val(0)])
     handlers = [
         Handler(
             name="aligned_junctions",
-            mutations=[StatsMutation(stat=f"{TEAM}/aligned.junction", target=StatsTarget.GAME, source=connected)],
+            mutations=[StatsMutation(stat=ALIGNED, target=StatsTarget.GAME, source=connected)],
         ),
         Handler(
             name="aligned_junctions_held",
             mutations=[
                 logStatToGame(
-                    f"{TEAM}/aligned.junction.held", source=StatValue(name=f"{TEAM}/aligned.junction", scope="game")
+                    ALIGNED_HELD, source=StatValue(name=ALIGNED, scope="game")
                 )
             ],
         ),
@@ -392,7 +407,7 @@ def game_on_tick() -> AnyHandler | None:
             name="hub_amounts",
             mutations=[
                 StatsMutation(
-                    stat=f"{TEAM}/{r}.amount",
+                    stat=hub_amount(r),
                     target=StatsTarget.GAME,
                     source=QueryInventoryValue(query=hub_query(), item=r),
                 )
@@ -404,7 +419,8 @@ def game_on_tick() -> AnyHandler | None:
 
 
 def obs_config(params: AlignerParams) -> ObsConfig:
-    """§7 with deviation §13.1: territory tokens stand in for the removed per-tile mask."""
+    """Observations; territory tokens stand in for the per-tile mask that mettagrid 0.26 no longer emits
+    (docs/mission.md, Deviations)."""
     team_hub = query(typeTag("hub"), [sharedTagPrefix("team:")])
     return ObsConfig(
         width=13,
@@ -463,7 +479,7 @@ def game_config(params: AlignerParams, map_builder: AnyMapBuilderConfig) -> Game
 
 
 def arena_map(map_seed: int | None) -> MapGen.Config:
-    """§2: the COGSGUARD_ARENA grid, 50 x 50 inside a 5-cell wall frame."""
+    """The COGSGUARD_ARENA grid, 50 x 50 inside a 5-cell wall frame (docs/mission.md, Map)."""
     weights = {name: (0.7 if name == "junction" else 0.3) for name in BUILDINGS}
     return MapGen.Config(
         width=50,
