@@ -16,6 +16,7 @@ from typing import Any, Iterator
 import lightning as L
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.tensorboard import SummaryWriter
 from torchmetrics.aggregation import CatMetric
@@ -26,6 +27,7 @@ from aligner_lightning.evaluate import METRICS, EvalSettings, PolicyActor, evalu
 from aligner_lightning.policy import AlignerPolicy, evaluate_actions
 from aligner_lightning.render import log_episode_media
 from aligner_lightning.rng import capture_rng, restore_rng
+from aligner_lightning.teacher import linear_anneal
 
 
 @dataclass
@@ -70,6 +72,8 @@ class AlignerPPO(L.LightningModule):
         eval_replays: int = 1,
         eval_video: bool = True,
         eval_max_steps: int | None = None,
+        bc_coef_start: float = 0.0,
+        bc_steps: int = 0,
     ):
         """
         Args:
@@ -101,6 +105,10 @@ class AlignerPPO(L.LightningModule):
             eval_replays: episodes per evaluation saved as MettaScope replays under <run>/replays/.
             eval_video: log an animation of one evaluation episode to TensorBoard.
             eval_max_steps: episode length override for evaluation (null: the mission's).
+            bc_coef_start: kickstarting (off: 0; needs ``data.teacher``): the weight, at agent step 0, of the
+                behaviour-cloning term ``CE(student logits, teacher action)`` (mean over the minibatch's steps)
+                added to the PPO loss; it falls linearly to 0 over ``bc_steps``.
+            bc_steps: global agent steps over which ``bc_coef_start`` falls to 0.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -133,6 +141,13 @@ class AlignerPPO(L.LightningModule):
                 p.append(f"model.{name}={hp[name]}: must be >= 0")
         if hp.sampling not in ("prioritized", "sequential"):
             p.append(f"model.sampling={hp.sampling!r}: must be 'prioritized' (PuffeRL) or 'sequential'")
+        if not isinstance(hp.bc_coef_start, (int, float)) or hp.bc_coef_start < 0:
+            p.append(f"model.bc_coef_start={hp.bc_coef_start!r}: must be >= 0 (0 = no behaviour cloning)")
+        if not isinstance(hp.bc_steps, int) or hp.bc_steps < 0:
+            p.append(f"model.bc_steps={hp.bc_steps!r}: must be an int >= 0 (agent steps)")
+        elif isinstance(hp.bc_coef_start, (int, float)) and hp.bc_coef_start > 0 and hp.bc_steps < 1:
+            p.append(f"model.bc_steps={hp.bc_steps}: must be >= 1 when model.bc_coef_start > 0 (the agent steps over "
+                     "which the behaviour-cloning weight falls to 0)")
         if hp.torch_threads is not None and hp.torch_threads < 1:
             p.append(f"model.torch_threads={hp.torch_threads}: must be >= 1 or null")
         settings = None
@@ -148,6 +163,11 @@ class AlignerPPO(L.LightningModule):
     def configure_model(self) -> None:
         if self.policy is None:
             self.policy = AlignerPolicy.from_env_interface(self.trainer.datamodule.env_info)
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.hparams.bc_coef_start > 0 and self.datamodule.hparams.teacher is None:
+            raise_if([f"model.bc_coef_start={self.hparams.bc_coef_start}: behaviour cloning needs a teacher; set "
+                      "data.teacher=scripted (or model.bc_coef_start=0)"])
 
     @property
     def datamodule(self):
@@ -181,6 +201,14 @@ class AlignerPPO(L.LightningModule):
         self._loss_sums: dict[str, torch.Tensor] = {}
         self._num_minibatches = 0
         self._timing: dict[str, float] = {}
+        self._teacher_weights = (0.0, 0.0)
+
+    def teacher_weights(self) -> tuple[float, float]:
+        """This epoch's teacher-led fraction and behaviour-cloning weight, from the global agent steps before it
+        (the same on every rank). Both 0 without a teacher. Called by the loader before the rollout."""
+        self._teacher_weights = (self.datamodule.teacher_led_fraction(self.agent_steps),
+                                 linear_anneal(self.hparams.bc_coef_start, self.hparams.bc_steps, self.agent_steps))
+        return self._teacher_weights
 
     def on_train_start(self) -> None:
         self._restore_rank_state()
@@ -211,6 +239,11 @@ class AlignerPPO(L.LightningModule):
         new_logprobs, entropy = evaluate_actions(logits, mb.actions)
         loss, stats = algorithm.ppo_loss(new_logprobs, entropy, new_values, mb.logprobs, mb.values,
                                          mb.advantages, mb.weights, self.loss_cfg)
+        bc_coef = self._teacher_weights[1]
+        if bc_coef > 0:  # kickstarting: the rollout stored the teacher's action at every step
+            bc_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), mb.teacher_actions.reshape(-1))
+            loss = loss + bc_coef * bc_loss
+            stats["bc_loss"] = bc_loss.detach()
         dm.rollout.buffer.write_back(mb.idx, stats.pop("ratio"), new_values.detach())
         for k, v in stats.items():
             self._loss_sums[k] = self._loss_sums.get(k, 0.0) + v
@@ -266,6 +299,21 @@ class AlignerPPO(L.LightningModule):
         metrics["learning_rate"] = self.optimizers().param_groups[0]["lr"]
         metrics["performance/train_seconds"] = self.train_seconds
         metrics.update(self._episode_means())
+        metrics.update(self._teacher_metrics())
+        return metrics
+
+    def _teacher_metrics(self) -> dict[str, float]:
+        """With a teacher: the BC weight this epoch, and over all ranks' buffer steps the fraction the teacher
+        led and the fraction where the student's argmax (rollout time) was the teacher's action."""
+        if self.datamodule.hparams.teacher is None:
+            return {}
+        stats = self.datamodule.rollout.teacher_stats  # None where the teacher did not run this epoch
+        counts = torch.tensor([stats["steps"], stats["led"], stats["agree"]] if stats else [0.0, 0.0, 0.0],
+                              dtype=torch.float64)
+        steps, led, agree = (float(x) for x in self._all_reduce_sum(counts))
+        metrics = {"teacher/bc_coef": self._teacher_weights[1], "teacher/led_fraction": led / steps if steps else 0.0}
+        if steps:
+            metrics["teacher/agreement"] = agree / steps
         return metrics
 
     def _episode_means(self) -> dict[str, float]:

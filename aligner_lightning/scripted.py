@@ -137,7 +137,7 @@ class ScriptedTeam:
             return self._read_all(world)
         sim = world.sim
         index = sim._c_sim.tag_index()
-        key = (index.count_objects_with_tag(world.tag_ids[NET_TAG]), index.count_objects_with_tag(world.tag_ids[TEAM_TAG]))
+        key = tuple(index.count_objects_with_tag(world.tag_ids[tag]) for tag in (NET_TAG, TEAM_TAG))
         if key != world.read_key or sim.current_step - world.read_step >= REFRESH_STEPS:
             agents, world.static = self._read_all(world)
             world.read_key, world.read_step = key, sim.current_step
