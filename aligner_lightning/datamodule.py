@@ -81,8 +81,8 @@ class RolloutDataModule(L.LightningDataModule):
                 (serial backend only), for behaviour cloning (``model.bc_coef_start``) and teacher-led agents.
                 See ``aligner_lightning/teacher.py``.
             teacher_led_start: the probability, at agent step 0, that an agent's episode is played by the
-                teacher (the student's log-probability of each executed action is stored, so PPO stays on the
-                student's ratios); it falls linearly to 0 over ``teacher_led_steps``.
+                teacher (those steps are masked out of the PPO loss and feed behaviour cloning only); it falls
+                linearly to 0 over ``teacher_led_steps``.
             teacher_led_steps: global agent steps over which ``teacher_led_start`` falls to 0.
         """
         super().__init__()

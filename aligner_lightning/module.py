@@ -237,11 +237,16 @@ class AlignerPPO(L.LightningModule):
         logits, new_values = self.policy(mb.obs, mb.initial_state)
         logits, new_values = logits.float(), new_values.float()
         new_logprobs, entropy = evaluate_actions(logits, mb.actions)
+        # Kickstarting, while agents are teacher-led this epoch: PPO learns from the student's own steps only.
+        student_steps = ~mb.teacher_led if self._teacher_weights[0] > 0 else None
         loss, stats = algorithm.ppo_loss(new_logprobs, entropy, new_values, mb.logprobs, mb.values,
-                                         mb.advantages, mb.weights, self.loss_cfg)
+                                         mb.advantages, mb.weights, self.loss_cfg, step_mask=student_steps)
         bc_coef = self._teacher_weights[1]
-        if bc_coef > 0:  # kickstarting: the rollout stored the teacher's action at every step
-            bc_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), mb.teacher_actions.reshape(-1))
+        if bc_coef > 0:  # kickstarting: the rollout stored the teacher's label at every step (-1: none)
+            labels = mb.teacher_actions.reshape(-1)
+            has_label = (labels >= 0).float()
+            ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.clamp(min=0), reduction="none")
+            bc_loss = (ce * has_label).sum() / has_label.sum().clamp(min=1.0)
             loss = loss + bc_coef * bc_loss
             stats["bc_loss"] = bc_loss.detach()
         dm.rollout.buffer.write_back(mb.idx, stats.pop("ratio"), new_values.detach())
@@ -304,16 +309,19 @@ class AlignerPPO(L.LightningModule):
 
     def _teacher_metrics(self) -> dict[str, float]:
         """With a teacher: the BC weight this epoch, and over all ranks' buffer steps the fraction the teacher
-        led and the fraction where the student's argmax (rollout time) was the teacher's action."""
+        led, the fraction with a teacher label, and over those the fraction where the student's argmax (at
+        rollout time) was the teacher's action."""
         if self.datamodule.hparams.teacher is None:
             return {}
         stats = self.datamodule.rollout.teacher_stats  # None where the teacher did not run this epoch
-        counts = torch.tensor([stats["steps"], stats["led"], stats["agree"]] if stats else [0.0, 0.0, 0.0],
-                              dtype=torch.float64)
-        steps, led, agree = (float(x) for x in self._all_reduce_sum(counts))
+        keys = ("steps", "led", "labelled", "agree")
+        counts = torch.tensor([stats[k] if stats else 0.0 for k in keys], dtype=torch.float64)
+        steps, led, labelled, agree = (float(x) for x in self._all_reduce_sum(counts))
         metrics = {"teacher/bc_coef": self._teacher_weights[1], "teacher/led_fraction": led / steps if steps else 0.0}
         if steps:
-            metrics["teacher/agreement"] = agree / steps
+            metrics["teacher/labelled_fraction"] = labelled / steps
+        if labelled:
+            metrics["teacher/agreement"] = agree / labelled
         return metrics
 
     def _episode_means(self) -> dict[str, float]:

@@ -33,7 +33,8 @@ class Minibatch:
     advantages: torch.Tensor  # [n, H]
     weights: torch.Tensor  # [n, 1] prioritized-replay importance weights
     initial_state: tuple[torch.Tensor, torch.Tensor] | None = None  # [n, 512] each, when stored
-    teacher_actions: torch.Tensor | None = None  # [n, H], with a teacher (teacher.py)
+    teacher_actions: torch.Tensor | None = None  # [n, H] teacher labels (teacher.NO_LABEL: none), with a teacher
+    teacher_led: torch.Tensor | None = None  # [n, H] bool: the teacher's action was executed
 
 
 class RolloutBuffer:
@@ -53,7 +54,8 @@ class RolloutBuffer:
         # Option (off by default, PuffeRL starts every training segment from zeros): each row's LSTM state at t=0.
         self.initial_h = torch.zeros(segments, hidden_size, device=device) if store_initial_state else None
         self.initial_c = torch.zeros(segments, hidden_size, device=device) if store_initial_state else None
-        # With a teacher: its action at every step, and whether the teacher's action was the one executed.
+        # With a teacher: its label at every step (its action, or teacher.NO_LABEL), and whether the teacher's
+        # action was the one executed.
         self.teacher_actions = torch.zeros(shape, dtype=torch.long, device=device) if teacher else None
         self.teacher_led = torch.zeros(shape, dtype=torch.bool, device=device) if teacher else None
 
@@ -143,7 +145,7 @@ class Rollout:
         if self.reset_envs_each_epoch or not use_teacher or teacher_led <= 0:
             self._led.clear()  # new episodes (or no leading): every agent is drawn again
         teacher_seconds = self.teacher.seconds if self.teacher is not None else 0.0
-        teacher_counts = torch.zeros(3, dtype=torch.long, device=self.device)  # steps, teacher-led, argmax agrees
+        teacher_counts = torch.zeros(4, dtype=torch.long, device=self.device)  # steps, led, labelled, argmax agrees
         if self.reset_envs_each_epoch:  # deterministic mode: every epoch starts from envs seeded by the epoch
             reseed_vecenv(self.vecenv, epoch)
             self.start()
@@ -204,8 +206,8 @@ class Rollout:
             action, logprob = sample_actions(logits)
             policy_time += time.perf_counter() - tp
             if use_teacher:
-                action, logprob, teacher_action, led = self._teach(start, env_id, term_np | trunc_np, logits, action,
-                                                                   logprob, teacher_led)
+                action, logprob, label, led = self._teach(start, env_id, term_np | trunc_np, logits, action, logprob,
+                                                          teacher_led)
 
             if row < segments:  # async backends can return a batch again after its last row filled
                 rows = slice(row, row + n)
@@ -216,10 +218,10 @@ class Rollout:
                 buf.terminals[rows, t] = terminals
                 buf.values[rows, t] = value.float()
                 if use_teacher:
-                    buf.teacher_actions[rows, t] = teacher_action
+                    buf.teacher_actions[rows, t] = label
                     buf.teacher_led[rows, t] = led
-                    teacher_counts += torch.stack([torch.tensor(n, device=self.device), led.sum(),
-                                                   (logits.argmax(dim=-1) == teacher_action).sum()])
+                    teacher_counts += torch.stack([torch.tensor(n, device=self.device), led.sum(), (label >= 0).sum(),
+                                                   (logits.argmax(dim=-1) == label).sum()])
                 if t + 1 >= horizon:
                     row_of[start] = next_row
                     col_of[start] = 0
@@ -236,8 +238,9 @@ class Rollout:
         timing = {"rollout_time": total, "env_time": env_time, "policy_time": policy_time}
         if self.teacher is not None:
             timing["teacher_time"] = self.teacher.seconds - teacher_seconds
-            steps, led, agree = (float(x) for x in teacher_counts.tolist())
-            self.teacher_stats = {"steps": steps, "led": led, "agree": agree} if use_teacher else None
+            steps, led, labelled, agree = (float(x) for x in teacher_counts.tolist())
+            self.teacher_stats = ({"steps": steps, "led": led, "labelled": labelled, "agree": agree}
+                                  if use_teacher else None)
         return timing
 
     def _teach(self, start: int, env_id: np.ndarray, done: np.ndarray, logits: torch.Tensor, action: torch.Tensor,
@@ -246,10 +249,11 @@ class Rollout:
 
         An agent is drawn (probability ``led_fraction``) when it is first seen and whenever its episode has just
         ended (``done``: the action chosen now is the next episode's first). Returns the executed actions, their
-        log-probabilities under the student (the same formula as ``sample_actions``), the teacher's actions and
+        log-probabilities under the student (the same formula as ``sample_actions``), the teacher's labels and
         the teacher-led mask.
         """
-        teacher_action = torch.from_numpy(self.teacher.actions(env_id)).to(self.device)
+        teacher_np, label_np = self.teacher.actions(env_id)
+        teacher_action = torch.from_numpy(teacher_np).to(self.device)
         n = len(env_id)
         led = self._led.get(start)
         if led_fraction > 0:
@@ -265,7 +269,7 @@ class Rollout:
             action = torch.where(led, teacher_action, action)
             logp_all = logits - logits.logsumexp(dim=-1, keepdim=True)
             logprob = logp_all.gather(-1, action.unsqueeze(-1)).squeeze(-1)
-        return action, logprob, teacher_action, led
+        return action, logprob, torch.from_numpy(label_np).to(self.device), led
 
     def minibatches(self, num_minibatches: int, minibatch_segments: int, algo, beta: float) -> Iterator[Minibatch]:
         """Yield prioritized minibatches lazily: each is drawn after the previous one's write-back."""
@@ -288,10 +292,11 @@ class Rollout:
                     probs = algorithm.segment_probabilities(adv, algo.prio_alpha)
                     idx, weights = algorithm.sample_segments(probs, minibatch_segments, beta)
             state = None if buf.initial_h is None else (buf.initial_h[idx], buf.initial_c[idx])
-            teacher = None if buf.teacher_actions is None else buf.teacher_actions[idx]
+            teacher = {} if buf.teacher_actions is None else {"teacher_actions": buf.teacher_actions[idx],
+                                                              "teacher_led": buf.teacher_led[idx]}
             yield Minibatch(idx=idx, obs=buf.obs[idx], actions=buf.actions[idx], logprobs=buf.logprobs[idx],
                             values=buf.values[idx], advantages=adv[idx], weights=weights, initial_state=state,
-                            teacher_actions=teacher)
+                            **teacher)
 
     def seed_state(self) -> list[dict] | None:
         return vecenv_seed_state(self.vecenv)

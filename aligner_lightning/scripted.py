@@ -94,12 +94,15 @@ class ScriptedTeam:
     four moves), suitable for ``env.step``. Call it once per step, after ``reset`` and after each step;
     it follows the env across auto-resets. ``reuse`` (the default) caches simulator reads and distance maps
     between steps (module docstring); ``False`` is the plain reference, same actions, ~10x the cost.
+    After each call, ``idle[i]`` says that agent i had nothing to do (no unclaimed alignable junction left) and
+    was given a noop.
     """
 
     def __init__(self, env: SimulationSource, seed: int = 0, reuse: bool = True):
         self._env = env
         self.reuse = reuse
         self._rng = np.random.default_rng(seed)
+        self.idle = np.zeros(0, dtype=bool)
         self._world: _World | None = None
         self._agents: list[_AgentState] = []
         names = env.current_simulation.action_names
@@ -113,6 +116,7 @@ class ScriptedTeam:
         heart_cap = world.sim.config.game.agent.inventory.limits["heart"].max
 
         actions = np.full(len(agents), self._noop, dtype=np.int32)
+        self.idle = np.zeros(len(agents), dtype=bool)
         for agent_id in sorted(agents):
             agent, state = agents[agent_id], self._agents[agent_id]
             pos = (agent["r"], agent["c"])
@@ -129,6 +133,7 @@ class ScriptedTeam:
                     state.target = self._nearest(world, pos, [j for j in neutral.values() if j["id"] not in claimed])
                 goal = neutral.get(state.target) if state.target is not None else None
             actions[agent_id] = self._step_toward(world, state, pos, goal, occupied)
+            self.idle[agent_id] = goal is None
         return actions
 
     def _read(self, world: _World) -> tuple[dict[int, dict[str, Any]], tuple]:
