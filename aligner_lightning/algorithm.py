@@ -86,30 +86,45 @@ def ppo_loss(
     advantages: torch.Tensor,
     prio_weights: torch.Tensor,
     cfg: LossConfig,
+    step_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped PPO + clipped value loss on one minibatch, all inputs ``[n, H]`` (weights ``[n, 1]``).
 
     Returns the scalar loss and detached statistics; ``ratio`` in the statistics is the new importance
-    ratio the caller writes back into the buffer.
+    ratio the caller writes back into the buffer. ``step_mask`` (not PuffeRL; kickstarting) keeps only the
+    steps where it is true in the loss: each of its terms, and the advantage normalisation, is over those
+    steps alone (0 where there are none); the statistics other than the two losses stay over every step.
     """
     logratio = new_logprobs - old_logprobs
     ratio = logratio.exp()
     returns = advantages + old_values
+    if step_mask is None:
+        mean = torch.mean
+        adv_mean, adv_std = advantages.mean(), advantages.std()
+    else:
+        keep = step_mask.to(advantages.dtype)
+        count = keep.sum().clamp(min=1.0)
 
-    adv = prio_weights * (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-    pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
+        def mean(x: torch.Tensor) -> torch.Tensor:
+            return (x * keep).sum() / count
+
+        adv_mean = mean(advantages)
+        adv_std = ((((advantages - adv_mean) ** 2) * keep).sum() / (count - 1).clamp(min=1.0)).sqrt()
+
+    adv = prio_weights * (advantages - adv_mean) / (adv_std + 1e-8)
+    pg_loss = mean(torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)))
 
     v_clipped = old_values + (new_values - old_values).clamp(-cfg.vf_clip_coef, cfg.vf_clip_coef)
-    v_loss = 0.5 * torch.max((new_values - returns) ** 2, (v_clipped - returns) ** 2).mean()
+    v_loss = 0.5 * mean(torch.max((new_values - returns) ** 2, (v_clipped - returns) ** 2))
 
-    entropy_mean = entropy.mean()
+    entropy_mean = mean(entropy)
     loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy_mean
 
     with torch.no_grad():
         stats = {
             "policy_loss": pg_loss.detach(),
             "value_loss": v_loss.detach(),
-            "entropy": entropy_mean.detach(),
+            "entropy": entropy.mean(),
             "old_approx_kl": (-logratio).mean(),
             "approx_kl": ((ratio - 1) - logratio).mean(),
             "clipfrac": ((ratio - 1.0).abs() > cfg.clip_coef).float().mean(),

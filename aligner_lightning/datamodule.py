@@ -15,10 +15,11 @@ import lightning as L
 import torch
 
 from aligner_lightning import algorithm
-from aligner_lightning.envs import BACKENDS, EnvFactory, env_interface, make_vecenv
+from aligner_lightning.envs import BACKENDS, EnvFactory, env_interface, make_vecenv, resolve_backend
 from aligner_lightning.errors import raise_if
 from aligner_lightning.missions import make_mission
 from aligner_lightning.rollout import Minibatch, Rollout
+from aligner_lightning.teacher import TEACHERS, ScriptedTeacher, linear_anneal
 
 
 class RolloutDataModule(L.LightningDataModule):
@@ -44,6 +45,9 @@ class RolloutDataModule(L.LightningDataModule):
         reward_scale: float = 1.0,
         reward_clip: float = 1.0,
         reset_envs_each_epoch: bool = False,
+        teacher: str | None = None,
+        teacher_led_start: float = 0.0,
+        teacher_led_steps: int = 0,
     ):
         """
         Args:
@@ -73,6 +77,13 @@ class RolloutDataModule(L.LightningDataModule):
             reset_envs_each_epoch: deterministic mode (serial only): reset every env at each epoch's start with
                 seeds from (seed, rank, env index, epoch), so a resumed run replays exactly; episodes still
                 running at an epoch's end are cut (keep episodes no longer than the rollout).
+            teacher: kickstarting (off: null): ``scripted`` runs the privileged scripted team beside the envs
+                (serial backend only), for behaviour cloning (``model.bc_coef_start``) and teacher-led agents.
+                See ``aligner_lightning/teacher.py``.
+            teacher_led_start: the probability, at agent step 0, that an agent's episode is played by the
+                teacher (those steps are masked out of the PPO loss and feed behaviour cloning only); it falls
+                linearly to 0 over ``teacher_led_steps``.
+            teacher_led_steps: global agent steps over which ``teacher_led_start`` falls to 0.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -138,6 +149,7 @@ class RolloutDataModule(L.LightningDataModule):
             p.append(f"data.reward_scale={self.hparams.reward_scale}: must be > 0 (1 = PuffeRL)")
         if not self.hparams.reward_clip > 0:
             p.append(f"data.reward_clip={self.hparams.reward_clip}: must be > 0 (1 = PuffeRL)")
+        p += self._validate_teacher()
         if self.hparams.reset_envs_each_epoch and self.backend != "serial":
             p.append(f"data.reset_envs_each_epoch=true needs data.backend=serial (got {self.backend!r})")
         if self.backend == "multiprocessing":
@@ -154,6 +166,33 @@ class RolloutDataModule(L.LightningDataModule):
                          f"of envs per worker ({self.num_envs // max(workers, 1)})")
         raise_if(p)
 
+    def _validate_teacher(self) -> list[str]:
+        hp, p = self.hparams, []
+        if hp.teacher is not None and hp.teacher not in TEACHERS:
+            p.append(f"data.teacher={hp.teacher!r}: must be null (no teacher) or one of {', '.join(TEACHERS)}")
+        if not isinstance(hp.teacher_led_start, (int, float)) or not 0 <= hp.teacher_led_start <= 1:
+            p.append(f"data.teacher_led_start={hp.teacher_led_start!r}: must be a fraction in [0, 1]")
+        elif hp.teacher_led_start > 0 and hp.teacher is None:
+            p.append(f"data.teacher_led_start={hp.teacher_led_start}: needs a teacher (data.teacher=scripted)")
+        if not isinstance(hp.teacher_led_steps, int) or hp.teacher_led_steps < 0:
+            p.append(f"data.teacher_led_steps={hp.teacher_led_steps!r}: must be an int >= 0 (agent steps)")
+        elif isinstance(hp.teacher_led_start, (int, float)) and hp.teacher_led_start > 0 and hp.teacher_led_steps < 1:
+            p.append(f"data.teacher_led_steps={hp.teacher_led_steps}: must be >= 1 when data.teacher_led_start > 0 "
+                     "(the agent steps over which the teacher-led fraction falls to 0)")
+        if hp.teacher is not None and self.backend in BACKENDS:
+            resolved = self.backend
+            if resolved == "auto":
+                resolved = resolve_backend(self.backend, self.num_envs, self.num_workers, quiet=True)[0]
+            if resolved != "serial":
+                via = " (data.backend=auto chose it on this machine)" if self.backend == "auto" else ""
+                p.append(f"data.teacher={hp.teacher!r}: the teacher reads each env's simulator in this process, and "
+                         f"the {resolved} backend{via} keeps the envs in worker processes; use data.backend=serial")
+        return p
+
+    def teacher_led_fraction(self, agent_steps: int) -> float:
+        """The scheduled probability that an agent's episode starting now is teacher-led."""
+        return linear_anneal(self.hparams.teacher_led_start, self.hparams.teacher_led_steps, agent_steps)
+
     # -- Lightning hooks -----------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         if stage != "fit" or self.rollout is not None:
@@ -167,9 +206,17 @@ class RolloutDataModule(L.LightningDataModule):
         """This rank's vector env and rollout buffer, with this module's options."""
         vecenv = make_vecenv(self.factory, self.num_envs, self.backend, self.num_workers, self.env_batch_size)
         hp = self.hparams
+        teacher = None
+        if hp.teacher is not None:
+            try:
+                teacher = ScriptedTeacher(vecenv, [self.factory.env_seed(i) for i in range(self.num_envs)])
+            except BaseException:
+                vecenv.close()
+                raise
         return Rollout(vecenv, self.segments, self.horizon, device, store_initial_state=hp.store_initial_state,
                        reset_lstm_on_done=hp.reset_lstm_on_done, reset_envs_each_epoch=hp.reset_envs_each_epoch,
-                       carry_lstm_state=hp.carry_lstm_state, reward_scale=hp.reward_scale, reward_clip=hp.reward_clip)
+                       carry_lstm_state=hp.carry_lstm_state, reward_scale=hp.reward_scale, reward_clip=hp.reward_clip,
+                       teacher=teacher)
 
     def teardown(self, stage: str) -> None:
         if self.rollout is not None:
@@ -207,7 +254,12 @@ class EpochIterable:
         dm = self.dm
         module = dm.trainer.lightning_module
         rollout = dm.rollout
-        module.on_rollout_end(rollout.collect(module.policy, module.puffer_epoch))
+        led, bc = module.teacher_weights()  # both 0 without a teacher
+        if rollout.teacher is None:
+            timing = rollout.collect(module.policy, module.puffer_epoch)
+        else:
+            timing = rollout.collect(module.policy, module.puffer_epoch, teacher_led=led, use_teacher=led > 0 or bc > 0)
+        module.on_rollout_end(timing)
         beta = algorithm.anneal_beta(module.algo.prio_beta0, module.algo.prio_alpha,
                                      module.puffer_epoch, module.total_epochs)
         yield from rollout.minibatches(dm.num_minibatches, dm.minibatch_segments, module.algo, beta)

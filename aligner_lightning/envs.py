@@ -207,7 +207,7 @@ def env_interface(factory: EnvFactory) -> PolicyEnvInterface:
     return PolicyEnvInterface.from_mg_cfg(factory.config())
 
 
-def resolve_backend(backend: str, num_envs: int, num_workers: int | None) -> tuple[str, int]:
+def resolve_backend(backend: str, num_envs: int, num_workers: int | None, quiet: bool = False) -> tuple[str, int]:
     """``auto``: Multiprocessing only with >= 4 cores (its workers busy-wait, which starves torch on fewer)."""
     if backend != "auto":
         return backend, num_workers or 1
@@ -217,7 +217,8 @@ def resolve_backend(backend: str, num_envs: int, num_workers: int | None) -> tup
     else:
         workers = max(w for w in range(1, min(cores // 2, num_envs) + 1) if num_envs % w == 0)
         choice = ("multiprocessing", workers)
-    rank_zero_info(f"data.backend=auto: {cores} cores, {num_envs} envs -> {choice[0]} with {choice[1]} worker(s)")
+    if not quiet:
+        rank_zero_info(f"data.backend=auto: {cores} cores, {num_envs} envs -> {choice[0]} with {choice[1]} worker(s)")
     return choice
 
 

@@ -17,6 +17,7 @@ from typing import Any, Iterator
 import lightning as L
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.tensorboard import SummaryWriter
 
@@ -29,6 +30,7 @@ from aligner_lightning.policy_spec import (PolicyFactory, PolicySpecError, build
                                            spec_of)
 from aligner_lightning.render import log_episode_media
 from aligner_lightning.rng import capture_rng, restore_rng
+from aligner_lightning.teacher import linear_anneal
 
 
 @dataclass
@@ -74,6 +76,8 @@ class AlignerPPO(L.LightningModule):
         eval_replays: int = 1,
         eval_gif: bool = True,
         eval_max_steps: int | None = None,
+        bc_coef_start: float = 0.0,
+        bc_steps: int = 0,
         eval_video: bool | None = None,
     ):
         """
@@ -109,6 +113,10 @@ class AlignerPPO(L.LightningModule):
             eval_replays: episodes per evaluation saved as MettaScope replays under <run>/replays/.
             eval_gif: log an animated GIF of one evaluation episode to TensorBoard (Images tab).
             eval_max_steps: episode length override for evaluation (null: the mission's).
+            bc_coef_start: kickstarting (off: 0; needs ``data.teacher``): the weight, at agent step 0, of the
+                behaviour-cloning term ``CE(student logits, teacher action)`` (mean over the minibatch's steps)
+                added to the PPO loss; it falls linearly to 0 over ``bc_steps``.
+            bc_steps: global agent steps over which ``bc_coef_start`` falls to 0.
             eval_video: deprecated, the old name of eval_gif: a value given here is used for eval_gif.
         """
         super().__init__()
@@ -153,6 +161,13 @@ class AlignerPPO(L.LightningModule):
                 p.append(f"model.{name}={hp[name]}: must be >= 0")
         if hp.sampling not in ("prioritized", "sequential"):
             p.append(f"model.sampling={hp.sampling!r}: must be 'prioritized' (PuffeRL) or 'sequential'")
+        if not isinstance(hp.bc_coef_start, (int, float)) or hp.bc_coef_start < 0:
+            p.append(f"model.bc_coef_start={hp.bc_coef_start!r}: must be >= 0 (0 = no behaviour cloning)")
+        if not isinstance(hp.bc_steps, int) or hp.bc_steps < 0:
+            p.append(f"model.bc_steps={hp.bc_steps!r}: must be an int >= 0 (agent steps)")
+        elif isinstance(hp.bc_coef_start, (int, float)) and hp.bc_coef_start > 0 and hp.bc_steps < 1:
+            p.append(f"model.bc_steps={hp.bc_steps}: must be >= 1 when model.bc_coef_start > 0 (the agent steps over "
+                     "which the behaviour-cloning weight falls to 0)")
         if hp.torch_threads is not None and hp.torch_threads < 1:
             p.append(f"model.torch_threads={hp.torch_threads}: must be >= 1 or null")
         settings = None
@@ -180,6 +195,11 @@ class AlignerPPO(L.LightningModule):
         if self.policy is not None and canonical(spec) != canonical(self.policy_spec):
             self.policy = None
         self.policy_spec = spec
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.hparams.bc_coef_start > 0 and self.datamodule.hparams.teacher is None:
+            raise_if([f"model.bc_coef_start={self.hparams.bc_coef_start}: behaviour cloning needs a teacher; set "
+                      "data.teacher=scripted (or model.bc_coef_start=0)"])
 
     @property
     def datamodule(self):
@@ -213,6 +233,14 @@ class AlignerPPO(L.LightningModule):
         self._loss_sums: dict[str, torch.Tensor] = {}
         self._num_minibatches = 0
         self._timing: dict[str, float] = {}
+        self._teacher_weights = (0.0, 0.0)
+
+    def teacher_weights(self) -> tuple[float, float]:
+        """This epoch's teacher-led fraction and behaviour-cloning weight, from the global agent steps before it
+        (the same on every rank). Both 0 without a teacher. Called by the loader before the rollout."""
+        self._teacher_weights = (self.datamodule.teacher_led_fraction(self.agent_steps),
+                                 linear_anneal(self.hparams.bc_coef_start, self.hparams.bc_steps, self.agent_steps))
+        return self._teacher_weights
 
     def on_train_start(self) -> None:
         self._restore_rank_state()
@@ -241,8 +269,18 @@ class AlignerPPO(L.LightningModule):
         logits, new_values = self.policy(mb.obs, mb.initial_state)
         logits, new_values = logits.float(), new_values.float()
         new_logprobs, entropy = logprob_and_entropy(logits, mb.actions)
+        # Kickstarting, while agents are teacher-led this epoch: PPO learns from the student's own steps only.
+        student_steps = ~mb.teacher_led if self._teacher_weights[0] > 0 else None
         loss, stats = algorithm.ppo_loss(new_logprobs, entropy, new_values, mb.logprobs, mb.values,
-                                         mb.advantages, mb.weights, self.loss_cfg)
+                                         mb.advantages, mb.weights, self.loss_cfg, step_mask=student_steps)
+        bc_coef = self._teacher_weights[1]
+        if bc_coef > 0:  # kickstarting: the rollout stored the teacher's label at every step (-1: none)
+            labels = mb.teacher_actions.reshape(-1)
+            has_label = (labels >= 0).float()
+            ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.clamp(min=0), reduction="none")
+            bc_loss = (ce * has_label).sum() / has_label.sum().clamp(min=1.0)
+            loss = loss + bc_coef * bc_loss
+            stats["bc_loss"] = bc_loss.detach()
         dm.rollout.buffer.write_back(mb.idx, stats.pop("ratio"), new_values.detach())
         for k, v in stats.items():
             self._loss_sums[k] = self._loss_sums.get(k, 0.0) + v
@@ -298,6 +336,24 @@ class AlignerPPO(L.LightningModule):
         metrics["learning_rate"] = self.optimizers().param_groups[0]["lr"]
         metrics["performance/train_seconds"] = self.train_seconds
         metrics.update(self._episode_means())
+        metrics.update(self._teacher_metrics())
+        return metrics
+
+    def _teacher_metrics(self) -> dict[str, float]:
+        """With a teacher: the BC weight this epoch, and over all ranks' buffer steps the fraction the teacher
+        led, the fraction with a teacher label, and over those the fraction where the student's argmax (at
+        rollout time) was the teacher's action."""
+        if self.datamodule.hparams.teacher is None:
+            return {}
+        stats = self.datamodule.rollout.teacher_stats  # None where the teacher did not run this epoch
+        keys = ("steps", "led", "labelled", "agree")
+        counts = torch.tensor([stats[k] if stats else 0.0 for k in keys], dtype=torch.float64)
+        steps, led, labelled, agree = (float(x) for x in self._all_reduce_sum(counts))
+        metrics = {"teacher/bc_coef": self._teacher_weights[1], "teacher/led_fraction": led / steps if steps else 0.0}
+        if steps:
+            metrics["teacher/labelled_fraction"] = labelled / steps
+        if labelled:
+            metrics["teacher/agreement"] = agree / labelled
         return metrics
 
     def _episode_means(self) -> dict[str, float]:

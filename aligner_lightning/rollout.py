@@ -34,13 +34,15 @@ class Minibatch:
     advantages: torch.Tensor  # [n, H]
     weights: torch.Tensor  # [n, 1] prioritized-replay importance weights
     initial_state: State | None = None  # the policy's state at each segment's start, when stored
+    teacher_actions: torch.Tensor | None = None  # [n, H] teacher labels (teacher.NO_LABEL: none), with a teacher
+    teacher_led: torch.Tensor | None = None  # [n, H] bool: the teacher's action was executed
 
 
 class RolloutBuffer:
     """Preallocated experience for one epoch, written in place every step."""
 
     def __init__(self, segments: int, horizon: int, obs_shape: tuple[int, ...], device: torch.device,
-                 store_initial_state: bool = False):
+                 store_initial_state: bool = False, teacher: bool = False):
         self.segments, self.horizon = segments, horizon
         shape = (segments, horizon)
         self.obs = torch.zeros(*shape, *obs_shape, dtype=torch.uint8, device=device)
@@ -54,6 +56,10 @@ class RolloutBuffer:
         # t=0, allocated at the first rollout from the policy's own state shapes.
         self.store_initial_state = store_initial_state
         self.initial_state: State | None = None
+        # With a teacher: its label at every step (its action, or teacher.NO_LABEL), and whether the teacher's
+        # action was the one executed.
+        self.teacher_actions = torch.zeros(shape, dtype=torch.long, device=device) if teacher else None
+        self.teacher_led = torch.zeros(shape, dtype=torch.bool, device=device) if teacher else None
 
     def initial_state_buffers(self, state: State) -> State | None:
         """The stored-state buffers, shaped like ``state`` per row; None when the option is off."""
@@ -96,11 +102,15 @@ class EpisodeStats:
 
 
 class Rollout:
-    """Owns the vector env, the buffer and the per-batch LSTM state; ``collect`` runs one epoch's rollout."""
+    """Owns the vector env, the buffer and the per-batch LSTM state; ``collect`` runs one epoch's rollout.
+
+    ``teacher`` (optional, ``teacher.ScriptedTeacher``) is called by ``collect`` at every env step while
+    ``use_teacher`` is set; see ``teacher.py`` for what the buffer then holds.
+    """
 
     def __init__(self, vecenv, segments: int, horizon: int, device: torch.device, *, store_initial_state: bool,
                  reset_lstm_on_done: bool, reset_envs_each_epoch: bool, carry_lstm_state: bool, reward_scale: float,
-                 reward_clip: float):
+                 reward_clip: float, teacher=None):
         """The options are ``RolloutDataModule``'s arguments of the same names (``make_rollout`` passes them)."""
         self.vecenv = vecenv
         self.horizon = horizon
@@ -108,7 +118,10 @@ class Rollout:
         self.total_agents = vecenv.num_agents
         self.agents_per_batch = vecenv.agents_per_batch
         self.buffer = RolloutBuffer(segments, horizon, vecenv.single_observation_space.shape, device,
-                                    store_initial_state)
+                                    store_initial_state, teacher=teacher is not None)
+        self.teacher = teacher
+        self.teacher_stats: dict[str, float] | None = None  # the latest epoch's, when the teacher ran
+        self._led: dict[int, torch.Tensor] = {}  # env batch start -> which of its agents the teacher leads
         self.reset_lstm_on_done = reset_lstm_on_done
         self.reset_envs_each_epoch = reset_envs_each_epoch
         self.carry_lstm_state = carry_lstm_state
@@ -129,8 +142,19 @@ class Rollout:
         self._started = True
 
     @torch.inference_mode()
-    def collect(self, policy: RecurrentPolicy, epoch: int = 0) -> dict[str, float]:
-        """Fill every buffer row with fresh experience. Returns timing for the logs."""
+    def collect(self, policy: RecurrentPolicy, epoch: int = 0, teacher_led: float = 0.0,
+                use_teacher: bool = False) -> dict[str, float]:
+        """Fill every buffer row with fresh experience. Returns timing for the logs.
+
+        With ``use_teacher`` the teacher acts at every step (its actions are stored), and an agent starting an
+        episode is teacher-led for that episode with probability ``teacher_led``.
+        """
+        if use_teacher and self.teacher is None:
+            raise RuntimeError("collect(use_teacher=True) on a Rollout built without a teacher")
+        if self.reset_envs_each_epoch or not use_teacher or teacher_led <= 0:
+            self._led.clear()  # new episodes (or no leading): every agent is drawn again
+        teacher_seconds = self.teacher.seconds if self.teacher is not None else 0.0
+        teacher_counts = torch.zeros(4, dtype=torch.long, device=self.device)  # steps, led, labelled, argmax agrees
         if self.reset_envs_each_epoch:  # deterministic mode: every epoch starts from envs seeded by the epoch
             reseed_vecenv(self.vecenv, epoch)
             self.start()
@@ -152,7 +176,7 @@ class Rollout:
         t0 = time.perf_counter()
         while full_rows < segments:
             te = time.perf_counter()
-            obs_np, rew_np, term_np, _trunc, _teacher, infos, env_id, mask = self.vecenv.recv()
+            obs_np, rew_np, term_np, trunc_np, _teacher, infos, env_id, mask = self.vecenv.recv()
             env_time += time.perf_counter() - te
             start = int(env_id[0])
             n = len(env_id)
@@ -189,6 +213,9 @@ class Rollout:
                 s.copy_(new)
             action, logprob = sample_actions(logits)
             policy_time += time.perf_counter() - tp
+            if use_teacher:
+                action, logprob, label, led = self._teach(start, env_id, term_np | trunc_np, logits, action, logprob,
+                                                          teacher_led)
 
             if row < segments:  # async backends can return a batch again after its last row filled
                 rows = slice(row, row + n)
@@ -198,6 +225,11 @@ class Rollout:
                 buf.rewards[rows, t] = rewards
                 buf.terminals[rows, t] = terminals
                 buf.values[rows, t] = value.float()
+                if use_teacher:
+                    buf.teacher_actions[rows, t] = label
+                    buf.teacher_led[rows, t] = led
+                    teacher_counts += torch.stack([torch.tensor(n, device=self.device), led.sum(), (label >= 0).sum(),
+                                                   (logits.argmax(dim=-1) == label).sum()])
                 if t + 1 >= horizon:
                     row_of[start] = next_row
                     col_of[start] = 0
@@ -211,7 +243,41 @@ class Rollout:
             env_time += time.perf_counter() - te
         policy.train(was_training)
         total = time.perf_counter() - t0
-        return {"rollout_time": total, "env_time": env_time, "policy_time": policy_time}
+        timing = {"rollout_time": total, "env_time": env_time, "policy_time": policy_time}
+        if self.teacher is not None:
+            timing["teacher_time"] = self.teacher.seconds - teacher_seconds
+            steps, led, labelled, agree = (float(x) for x in teacher_counts.tolist())
+            self.teacher_stats = ({"steps": steps, "led": led, "labelled": labelled, "agree": agree}
+                                  if use_teacher else None)
+        return timing
+
+    def _teach(self, start: int, env_id: np.ndarray, done: np.ndarray, logits: torch.Tensor, action: torch.Tensor,
+               logprob: torch.Tensor, led_fraction: float) -> tuple[torch.Tensor, ...]:
+        """The teacher's actions for one env batch; the teacher-led agents execute them.
+
+        An agent is drawn (probability ``led_fraction``) when it is first seen and whenever its episode has just
+        ended (``done``: the action chosen now is the next episode's first). Returns the executed actions, their
+        log-probabilities under the student (the same formula as ``sample_actions``), the teacher's labels and
+        the teacher-led mask.
+        """
+        teacher_np, label_np = self.teacher.actions(env_id)
+        teacher_action = torch.from_numpy(teacher_np).to(self.device)
+        n = len(env_id)
+        led = self._led.get(start)
+        if led_fraction > 0:
+            if led is None:
+                led = (torch.rand(n) < led_fraction).to(self.device)
+            elif done.any():
+                redraw = torch.from_numpy(done.astype(bool)).to(self.device)
+                led = torch.where(redraw, (torch.rand(n) < led_fraction).to(self.device), led)
+            self._led[start] = led
+        else:
+            led = torch.zeros(n, dtype=torch.bool, device=self.device)
+        if bool(led.any()):
+            action = torch.where(led, teacher_action, action)
+            logp_all = logits - logits.logsumexp(dim=-1, keepdim=True)
+            logprob = logp_all.gather(-1, action.unsqueeze(-1)).squeeze(-1)
+        return action, logprob, torch.from_numpy(label_np).to(self.device), led
 
     def minibatches(self, num_minibatches: int, minibatch_segments: int, algo, beta: float) -> Iterator[Minibatch]:
         """Yield prioritized minibatches lazily: each is drawn after the previous one's write-back."""
@@ -234,8 +300,11 @@ class Rollout:
                     probs = algorithm.segment_probabilities(adv, algo.prio_alpha)
                     idx, weights = algorithm.sample_segments(probs, minibatch_segments, beta)
             state = None if buf.initial_state is None else tuple(s[idx] for s in buf.initial_state)
+            teacher = {} if buf.teacher_actions is None else {"teacher_actions": buf.teacher_actions[idx],
+                                                              "teacher_led": buf.teacher_led[idx]}
             yield Minibatch(idx=idx, obs=buf.obs[idx], actions=buf.actions[idx], logprobs=buf.logprobs[idx],
-                            values=buf.values[idx], advantages=adv[idx], weights=weights, initial_state=state)
+                            values=buf.values[idx], advantages=adv[idx], weights=weights, initial_state=state,
+                            **teacher)
 
     def seed_state(self) -> list[dict] | None:
         return vecenv_seed_state(self.vecenv)

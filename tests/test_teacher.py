@@ -1,0 +1,313 @@
+"""Kickstarting from the scripted team: the teacher, the teacher-led steps, the BC term and its schedule."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_cli import run_train, scalars
+
+from aligner_lightning import cli
+from aligner_lightning.envs import EnvFactory, env_interface, make_vecenv
+from aligner_lightning.errors import ConfigError
+from aligner_lightning.missions import make_mission
+from aligner_lightning.policy import AlignerPolicy
+from aligner_lightning.rollout import Rollout
+from aligner_lightning.scripted import ScriptedTeam
+from aligner_lightning.teacher import NO_LABEL, ScriptedTeacher, linear_anneal
+
+ROOT = Path(__file__).resolve().parents[1]
+DEBUG = str(ROOT / "configs" / "debug.yaml")
+NUM_ENVS, AGENTS, HORIZON = 2, 4, 16
+
+
+def smoke_rollout(segments_per_agent: int, seed: int = 3) -> tuple[Rollout, EnvFactory]:
+    factory = EnvFactory(mission="smoke", seed=seed, early_reset=False)
+    vecenv = make_vecenv(factory, NUM_ENVS)
+    teacher = ScriptedTeacher(vecenv, [factory.env_seed(i) for i in range(NUM_ENVS)])
+    rollout = Rollout(vecenv, NUM_ENVS * AGENTS * segments_per_agent, HORIZON, torch.device("cpu"), teacher=teacher)
+    return rollout, factory
+
+
+def agent_sequence(buffer: torch.Tensor, agent: int) -> torch.Tensor:
+    """Agent ``agent``'s steps in collection order: rows agent, agent + N, agent + 2N, ... (one env batch)."""
+    return buffer[agent::NUM_ENVS * AGENTS].reshape(-1)
+
+
+def policy_for(factory: EnvFactory) -> AlignerPolicy:
+    torch.manual_seed(0)
+    return AlignerPolicy.from_env_interface(env_interface(factory))
+
+
+# ------------------------------------------------------------------------------------------------ the teacher
+
+
+@pytest.mark.parametrize("mission, steps", [("aligner_tutorial", 500), ("smoke", 2 * 96 + 5)])
+def test_reused_reads_choose_the_plain_teams_actions(mission, steps):
+    """The cheap team (reads and distance maps reused between steps) acts exactly as the plain one, across an
+    auto-reset on smoke. Two agents follow the team, two act at random (claims, detours, stuck agents)."""
+    factory = EnvFactory(mission=mission, seed=11, early_reset=False)
+    fast_env, plain_env = factory(seed=0), factory(seed=0)
+    fast_env.reset()
+    plain_env.reset()
+    fast, plain = ScriptedTeam(fast_env, seed=5), ScriptedTeam(plain_env, seed=5, reuse=False)
+    rng = np.random.default_rng(0)
+    for step in range(steps):
+        a, b = fast.actions(), plain.actions()
+        np.testing.assert_array_equal(a, b, err_msg=f"step {step}")
+        a[2:] = rng.integers(0, 5, size=2)
+        fast_env.step(a)
+        plain_env.step(a.copy())
+    fast_env.close()
+    plain_env.close()
+
+
+def test_teacher_actions_are_the_scripted_teams_run_directly():
+    """Everything teacher-led: the executed actions for each agent are what a ScriptedTeam, driving its own copy
+    of that env from the same seeds, chooses step by step, and the labels are those actions except where the
+    team was idle (nothing left to align: NO_LABEL)."""
+    rollout, factory = smoke_rollout(segments_per_agent=8)  # 128 steps: one auto-reset (96-step episodes)
+    rollout.collect(policy_for(factory), teacher_led=1.0, use_teacher=True)
+    buf = rollout.buffer
+    assert bool(buf.teacher_led.all())
+    for i in range(NUM_ENVS):
+        env = factory(seed=i)
+        env.reset()
+        team = ScriptedTeam(env, seed=factory.env_seed(i))
+        actions, labels = [], []
+        for _ in range(8 * HORIZON):
+            step_actions = team.actions()
+            actions.append(step_actions.copy())
+            labels.append(np.where(team.idle, NO_LABEL, step_actions))
+            env.step(step_actions)
+        env.close()
+        actions, labels = np.stack(actions), np.stack(labels)
+        for a in range(AGENTS):
+            np.testing.assert_array_equal(agent_sequence(buf.actions, i * AGENTS + a).numpy(), actions[:, a])
+            np.testing.assert_array_equal(agent_sequence(buf.teacher_actions, i * AGENTS + a).numpy(), labels[:, a])
+    labelled = (buf.teacher_actions >= 0)
+    assert 0 < int(labelled.sum()) < labelled.numel()  # smoke's 5 junctions are all aligned before step 96
+    stats = rollout.teacher_stats
+    assert stats["led"] == stats["steps"] == buf.actions.numel() and stats["labelled"] == int(labelled.sum())
+    rollout.close()
+
+
+def test_teacher_led_steps_record_the_students_logprob_of_the_executed_action():
+    """On teacher-led steps the buffer holds the teacher's action and log pi_student(that action), so the ratio
+    written back for V-trace is pi_new / pi_student_old there too; leading is per agent and per episode."""
+    rollout, factory = smoke_rollout(segments_per_agent=12)  # 192 steps: one auto-reset
+    policy = policy_for(factory)
+    torch.manual_seed(1)
+    rollout.collect(policy, teacher_led=0.5, use_teacher=True)
+    buf = rollout.buffer
+    led = buf.teacher_led
+    assert 0 < int(led.sum()) < led.numel()
+    labelled = led & (buf.teacher_actions >= 0)
+    assert torch.equal(buf.actions[labelled], buf.teacher_actions[labelled])
+    # The first segment of each agent started from a zero LSTM state, as the training forward does.
+    first = slice(0, NUM_ENVS * AGENTS)
+    with torch.no_grad():
+        logits, _ = policy(buf.obs[first])
+    logp = logits.log_softmax(-1).gather(-1, buf.actions[first].unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(buf.logprobs[first], logp, rtol=0, atol=1e-4)
+    # The student rarely samples the teacher's action everywhere, so the check above could tell them apart.
+    assert (buf.actions[first][labelled[first]] != logits[labelled[first]].argmax(-1)).any()
+    # An agent is led for a whole episode: its flag changes only at step 96, where the first episode's terminal
+    # observation arrives (the action chosen there is the next episode's first).
+    changed = 0
+    for agent in range(NUM_ENVS * AGENTS):
+        flags = agent_sequence(led, agent)
+        changes = (flags[1:] != flags[:-1]).nonzero().reshape(-1) + 1
+        assert set(changes.tolist()) <= {96}, (agent, changes)
+        changed += len(changes)
+    assert changed > 0  # (seeded: some agents were drawn again at the episode's end)
+    rollout.close()
+
+
+def test_teacher_led_steps_are_masked_out_of_the_ppo_loss():
+    """The PPO loss with a step mask is the PPO loss of the kept steps alone, and the masked steps get no
+    gradient; with every step kept it is PuffeRL's loss."""
+    from aligner_lightning import algorithm
+
+    gen = torch.Generator().manual_seed(0)
+    n, h = 6, 8
+    new_logp, old_logp = -torch.rand(n, h, generator=gen) * 2, -torch.rand(n, h, generator=gen) * 2
+    new_logp.requires_grad_(True)
+    entropy, new_v, old_v = (torch.rand(n, h, generator=gen), torch.randn(n, h, generator=gen),
+                             torch.randn(n, h, generator=gen))
+    adv, weights = torch.randn(n, h, generator=gen), torch.rand(n, 1, generator=gen) + 0.5
+    cfg = algorithm.LossConfig()
+    args = (new_logp, entropy, new_v, old_logp, old_v, adv, weights, cfg)
+    full, full_stats = algorithm.ppo_loss(*args)
+    all_kept, _ = algorithm.ppo_loss(*args, step_mask=torch.ones(n, h, dtype=torch.bool))
+    torch.testing.assert_close(all_kept, full)
+    rows = torch.tensor([0, 2, 3])
+    mask = torch.zeros(n, h, dtype=torch.bool)
+    mask[rows] = True
+    masked, stats = algorithm.ppo_loss(*args, step_mask=mask)
+    subset, subset_stats = algorithm.ppo_loss(*(x[rows] for x in args[:7]), cfg)
+    torch.testing.assert_close(masked, subset)
+    for key in ("policy_loss", "value_loss"):
+        torch.testing.assert_close(stats[key], subset_stats[key])
+    torch.testing.assert_close(stats["approx_kl"], full_stats["approx_kl"])  # statistics: every step
+    (grad,) = torch.autograd.grad(masked, new_logp)
+    assert bool((grad[~mask] == 0).all()) and bool((grad[mask] != 0).any())
+
+
+def test_the_teacher_is_not_called_when_off():
+    rollout, factory = smoke_rollout(segments_per_agent=1)
+    rollout.collect(policy_for(factory))
+    assert rollout.teacher.env_steps == 0 and rollout.teacher_stats is None
+    rollout.collect(policy_for(factory), use_teacher=True)  # BC only: every env asked, no agent led
+    assert rollout.teacher.env_steps == NUM_ENVS * HORIZON and rollout.teacher_stats["led"] == 0
+    rollout.close()
+
+
+def test_linear_anneal():
+    assert linear_anneal(0.5, 1000, 0) == 0.5
+    assert linear_anneal(0.5, 1000, 500) == 0.25
+    assert linear_anneal(0.5, 1000, 1000) == 0.0 and linear_anneal(0.5, 1000, 5000) == 0.0
+    assert linear_anneal(0.0, 1000, 0) == 0.0 and linear_anneal(1.0, 0, 0) == 0.0
+
+
+def test_a_vecenv_without_in_process_envs_is_refused():
+    class Remote:  # what the Multiprocessing backend looks like from here: no .envs
+        pass
+
+    with pytest.raises(ConfigError, match="data.backend=serial"):
+        ScriptedTeacher(Remote(), [0])
+
+
+# ------------------------------------------------------------------------------------------- configuration
+
+
+def cli_error(monkeypatch, capsys, *args: str) -> str:
+    monkeypatch.setattr(sys, "argv", ["train.py", "fit", "--config", DEBUG, *args])
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+def test_multiprocessing_with_a_teacher_is_refused(monkeypatch, capsys):
+    err = cli_error(monkeypatch, capsys, "--data.teacher", "scripted", "--data.backend", "multiprocessing",
+                    "--data.num_workers", "2")
+    assert "data.teacher='scripted'" in err and "multiprocessing backend" in err and "data.backend=serial" in err
+
+
+def test_auto_backend_choosing_multiprocessing_with_a_teacher_is_refused(monkeypatch, capsys):
+    from aligner_lightning import envs
+
+    monkeypatch.setattr(envs.os, "sched_getaffinity", lambda _pid: set(range(8)))
+    err = cli_error(monkeypatch, capsys, "--data.teacher", "scripted", "--data.backend", "auto")
+    assert "data.backend=auto chose it" in err and "data.backend=serial" in err
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--data.teacher", "oracle"], "data.teacher='oracle': must be null (no teacher) or one of scripted"),
+    (["--data.teacher_led_start", "0.5", "--data.teacher_led_steps", "100"], "needs a teacher (data.teacher=scripted)"),
+    (["--data.teacher", "scripted", "--data.teacher_led_start", "1.5"],
+     "data.teacher_led_start=1.5: must be a fraction"),
+    (["--data.teacher", "scripted", "--data.teacher_led_start", "0.5"], "data.teacher_led_steps=0: must be >= 1"),
+    (["--data.teacher", "scripted", "--model.bc_coef_start", "1.0"], "model.bc_steps=0: must be >= 1"),
+    (["--model.bc_coef_start", "-1"], "model.bc_coef_start=-1.0: must be >= 0"),
+    (["--model.bc_coef_start", "1.0", "--model.bc_steps", "100"], "behaviour cloning needs a teacher"),
+])
+def test_bad_teacher_settings_get_one_clear_error(monkeypatch, capsys, args, expected):
+    assert expected in cli_error(monkeypatch, capsys, *args)
+
+
+def test_kickstart_config_is_an_overlay_of_the_seed_config(monkeypatch, capsys):
+    args = ["--config", str(ROOT / "configs/aligner.yaml"), "--config", str(ROOT / "configs/aligner_kickstart.yaml")]
+    monkeypatch.setattr(sys, "argv", ["train.py", "fit", *args, "--print_config"])
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    assert exc.value.code in (0, None)
+    printed = capsys.readouterr().out
+    for line in ("teacher: scripted", "mission: aligner_tutorial", "num_envs: 16", "total_timesteps: 3000000"):
+        assert line in printed
+
+
+# ------------------------------------------------------------------------------------ training, end to end
+
+COMMON = ["--data.teacher", "scripted", "--model.torch_threads", "1", "--trainer.check_val_every_n_epoch", "1000",
+          "--trainer.enable_progress_bar", "false"]
+# The schedules: teacher-led agents until agent step 3072, BC until 6144, then PPO alone until 8192.
+SCHEDULE = ["--data.teacher_led_start", "0.5", "--data.teacher_led_steps", "3072", "--model.bc_coef_start", "1.0",
+            "--model.bc_steps", "6144", "--model.total_timesteps", "8192"]
+# Behaviour cloning alone: every agent teacher-led (so every step is masked out of PPO), BC at full weight.
+CLONING = ["--data.teacher_led_start", "1.0", "--data.teacher_led_steps", "1000000000", "--model.bc_coef_start",
+           "1.0", "--model.bc_steps", "1000000000", "--model.total_timesteps", "6144", "--model.learning_rate",
+           "0.003"]
+
+
+def fit_on_smoke(tmp: Path, args: list[str]) -> dict[str, list]:
+    out = run_train(["fit", "--config", DEBUG, *COMMON, *args, "--run_name", "ks"], tmp)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return scalars(tmp / "lightning_logs" / "ks")
+
+
+@pytest.fixture(scope="module")
+def schedule_run(tmp_path_factory) -> dict[str, list]:
+    """16 epochs of 512 agent steps on smoke."""
+    return fit_on_smoke(tmp_path_factory.mktemp("schedule"), SCHEDULE)
+
+
+def test_kickstart_fit_logs_the_teacher_metrics(schedule_run):
+    for tag in ("teacher/led_fraction", "teacher/bc_coef", "losses/bc_loss", "teacher/agreement",
+                "performance/teacher_time"):
+        assert tag in schedule_run, f"{tag} missing; logged: {sorted(schedule_run)}"
+    steps = [e.step for e in schedule_run["teacher/bc_coef"]]
+    assert steps == [512 * (i + 1) for i in range(16)]  # against agent steps, every epoch
+
+
+def test_the_schedules_reach_zero_and_the_teacher_stops(schedule_run):
+    """Epoch e (512 e agent steps before it) uses the weights at 512 e; the teacher runs while either is > 0."""
+    def by_epoch(tag):
+        return {e.step // 512 - 1: e.value for e in schedule_run[tag]}
+
+    bc, led = by_epoch("teacher/bc_coef"), by_epoch("teacher/led_fraction")
+    seconds = by_epoch("performance/teacher_time")
+    for epoch in range(16):
+        assert bc[epoch] == pytest.approx(linear_anneal(1.0, 6144, 512 * epoch))
+        if 512 * epoch >= 3072:
+            assert led[epoch] == 0.0
+        assert (seconds[epoch] > 0) == (512 * epoch < 6144), (epoch, seconds[epoch])
+    assert led[0] > 0.2  # about half the agents at the start
+    assert set(by_epoch("teacher/agreement")) == set(by_epoch("losses/bc_loss")) == set(range(12))
+
+
+def test_behaviour_cloning_raises_agreement(tmp_path):
+    logged = fit_on_smoke(tmp_path, CLONING)
+    agreement = [e.value for e in logged["teacher/agreement"]]
+    bc_loss = [e.value for e in logged["losses/bc_loss"]]
+    assert np.mean(agreement[-4:]) > np.mean(agreement[:2]) + 0.12, agreement
+    assert np.mean(bc_loss[-4:]) < np.mean(bc_loss[:2]) - 0.2, bc_loss
+    assert all(e.value == 0 for e in logged["losses/policy_loss"])  # nothing left for PPO
+
+
+def test_ddp_each_rank_runs_its_own_teacher(tmp_path):
+    """Two DDP ranks, each with its own serial envs and teacher; every agent teacher-led, so every episode on
+    both ranks is the scripted team's, and the weights stay identical on both ranks."""
+    import json
+
+    from test_ddp import DDP
+    from test_resume import EPOCH_STEPS, tb_points, train, write_config
+
+    probe = {"class_path": "fault_injection.DDPProbe", "init_args": {"out_dir": str(tmp_path)}}
+    cfg = write_config(tmp_path, 4, [probe], teacher="scripted", teacher_led_start=1.0, teacher_led_steps=10**9)
+    code, _, err = train(cfg, tmp_path, "--run_name", "ddp", "--model.bc_coef_start", "1.0",
+                         "--model.bc_steps", "100000", *DDP)
+    assert code == 0, err[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["steps_checked"] == ranks[1]["steps_checked"] > 0
+    for r in ranks:  # the scripted team's episodes (an untrained student's return is about 1-2; the first,
+        returns = [value for _, value in r["episodes"]]  # early-reset episode of each env can be a few steps)
+        assert returns and float(np.median(returns)) > 5, (r["rank"], returns)
+    led = dict(tb_points(tmp_path / "lightning_logs/ddp", "teacher/led_fraction"))
+    assert sorted(led) == [2 * EPOCH_STEPS * (e + 1) for e in range(2)] and set(led.values()) == {1.0}
