@@ -94,6 +94,7 @@ class AlignerCLI(LightningCLI):
 
     def before_fit(self) -> None:
         self._vet_checkpoint()
+        self.model.check_teacher(self.datamodule)  # before anything is written
 
     def before_validate(self) -> None:
         self._vet_checkpoint()

@@ -114,8 +114,8 @@ class AlignerPPO(L.LightningModule):
             eval_gif: log an animated GIF of one evaluation episode to TensorBoard (Images tab).
             eval_max_steps: episode length override for evaluation (null: the mission's).
             bc_coef_start: kickstarting (off: 0; needs ``data.teacher``): the weight, at agent step 0, of the
-                behaviour-cloning term ``CE(student logits, teacher action)`` (mean over the minibatch's steps)
-                added to the PPO loss; it falls linearly to 0 over ``bc_steps``.
+                behaviour-cloning term ``CE(student logits, teacher action)`` (mean over the minibatch's steps
+                that have a teacher label) added to the PPO loss; it falls linearly to 0 over ``bc_steps``.
             bc_steps: global agent steps over which ``bc_coef_start`` falls to 0.
             eval_video: deprecated, the old name of eval_gif: a value given here is used for eval_gif.
         """
@@ -196,10 +196,15 @@ class AlignerPPO(L.LightningModule):
             self.policy = None
         self.policy_spec = spec
 
-    def setup(self, stage: str) -> None:
-        if stage == "fit" and self.hparams.bc_coef_start > 0 and self.datamodule.hparams.teacher is None:
+    def check_teacher(self, datamodule) -> None:
+        """Behaviour cloning needs the datamodule's teacher (the CLI checks before fitting; ``setup`` again)."""
+        if self.hparams.bc_coef_start > 0 and datamodule.hparams.teacher is None:
             raise_if([f"model.bc_coef_start={self.hparams.bc_coef_start}: behaviour cloning needs a teacher; set "
                       "data.teacher=scripted (or model.bc_coef_start=0)"])
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            self.check_teacher(self.datamodule)
 
     @property
     def datamodule(self):

@@ -146,7 +146,7 @@ class Rollout:
                 use_teacher: bool = False) -> dict[str, float]:
         """Fill every buffer row with fresh experience. Returns timing for the logs.
 
-        With ``use_teacher`` the teacher acts at every step (its actions are stored), and an agent starting an
+        With ``use_teacher`` the teacher is asked at every step (its labels are stored), and an agent starting an
         episode is teacher-led for that episode with probability ``teacher_led``.
         """
         if use_teacher and self.teacher is None:
