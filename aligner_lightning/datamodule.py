@@ -19,7 +19,7 @@ from aligner_lightning.envs import BACKENDS, EnvFactory, env_interface, make_vec
 from aligner_lightning.errors import raise_if
 from aligner_lightning.missions import make_mission
 from aligner_lightning.rollout import Minibatch, Rollout
-from aligner_lightning.teacher import TEACHERS, ScriptedTeacher, linear_anneal
+from aligner_lightning.teacher import TEACHERS, ScriptedTeacher, linear_anneal, schedule_problems
 
 
 class RolloutDataModule(L.LightningDataModule):
@@ -170,15 +170,10 @@ class RolloutDataModule(L.LightningDataModule):
         hp, p = self.hparams, []
         if hp.teacher is not None and hp.teacher not in TEACHERS:
             p.append(f"data.teacher={hp.teacher!r}: must be null (no teacher) or one of {', '.join(TEACHERS)}")
-        if not isinstance(hp.teacher_led_start, (int, float)) or not 0 <= hp.teacher_led_start <= 1:
-            p.append(f"data.teacher_led_start={hp.teacher_led_start!r}: must be a fraction in [0, 1]")
-        elif hp.teacher_led_start > 0 and hp.teacher is None:
+        p += schedule_problems("data.teacher_led_start", hp.teacher_led_start, "data.teacher_led_steps",
+                               hp.teacher_led_steps, upper=1.0)
+        if not p and hp.teacher_led_start > 0 and hp.teacher is None:
             p.append(f"data.teacher_led_start={hp.teacher_led_start}: needs a teacher (data.teacher=scripted)")
-        if not isinstance(hp.teacher_led_steps, int) or hp.teacher_led_steps < 0:
-            p.append(f"data.teacher_led_steps={hp.teacher_led_steps!r}: must be an int >= 0 (agent steps)")
-        elif isinstance(hp.teacher_led_start, (int, float)) and hp.teacher_led_start > 0 and hp.teacher_led_steps < 1:
-            p.append(f"data.teacher_led_steps={hp.teacher_led_steps}: must be >= 1 when data.teacher_led_start > 0 "
-                     "(the agent steps over which the teacher-led fraction falls to 0)")
         if hp.teacher is not None and self.backend in BACKENDS:
             resolved = self.backend
             if resolved == "auto":

@@ -30,7 +30,7 @@ from aligner_lightning.policy_spec import (PolicyFactory, PolicySpecError, build
                                            spec_of)
 from aligner_lightning.render import log_episode_media
 from aligner_lightning.rng import capture_rng, restore_rng
-from aligner_lightning.teacher import linear_anneal
+from aligner_lightning.teacher import linear_anneal, schedule_problems
 
 
 @dataclass
@@ -161,13 +161,7 @@ class AlignerPPO(L.LightningModule):
                 p.append(f"model.{name}={hp[name]}: must be >= 0")
         if hp.sampling not in ("prioritized", "sequential"):
             p.append(f"model.sampling={hp.sampling!r}: must be 'prioritized' (PuffeRL) or 'sequential'")
-        if not isinstance(hp.bc_coef_start, (int, float)) or hp.bc_coef_start < 0:
-            p.append(f"model.bc_coef_start={hp.bc_coef_start!r}: must be >= 0 (0 = no behaviour cloning)")
-        if not isinstance(hp.bc_steps, int) or hp.bc_steps < 0:
-            p.append(f"model.bc_steps={hp.bc_steps!r}: must be an int >= 0 (agent steps)")
-        elif isinstance(hp.bc_coef_start, (int, float)) and hp.bc_coef_start > 0 and hp.bc_steps < 1:
-            p.append(f"model.bc_steps={hp.bc_steps}: must be >= 1 when model.bc_coef_start > 0 (the agent steps over "
-                     "which the behaviour-cloning weight falls to 0)")
+        p += schedule_problems("model.bc_coef_start", hp.bc_coef_start, "model.bc_steps", hp.bc_steps)
         if hp.torch_threads is not None and hp.torch_threads < 1:
             p.append(f"model.torch_threads={hp.torch_threads}: must be >= 1 or null")
         settings = None

@@ -49,6 +49,20 @@ TEACHERS = ("scripted",)
 NO_LABEL = -1  # a step without a teacher label (the teacher was idle)
 
 
+def schedule_problems(start_key: str, start: float, steps_key: str, steps: int, upper: float | None = None) -> list[str]:
+    """What is wrong with a linear schedule's two settings (``start``, falling to 0 over ``steps``), named by
+    their config keys; ``upper`` bounds ``start`` (a fraction: 1)."""
+    p = []
+    if not isinstance(start, (int, float)) or start < 0 or (upper is not None and start > upper):
+        p.append(f"{start_key}={start!r}: must be " + (f"in [0, {upper:g}]" if upper is not None else ">= 0") +
+                 " (0 = off)")
+    if not isinstance(steps, int) or steps < 0:
+        p.append(f"{steps_key}={steps!r}: must be an int >= 0 (agent steps)")
+    elif not p and start > 0 and steps < 1:
+        p.append(f"{steps_key}={steps}: must be >= 1 when {start_key} > 0 (the agent steps over which it falls to 0)")
+    return p
+
+
 def linear_anneal(start: float, steps: int, agent_steps: int) -> float:
     """``start`` at agent step 0, falling linearly to 0 at ``steps`` and 0 from then on (0 if ``steps`` is 0)."""
     if start <= 0 or steps <= 0:

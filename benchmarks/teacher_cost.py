@@ -20,26 +20,15 @@ alignments per 1000 steps, and the CPU model. Asserts nothing.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 
 from aligner_lightning.envs import EnvFactory
 from aligner_lightning.missions.aligner import TEAM
 from aligner_lightning.scripted import ScriptedTeam
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from sweep import cpu_model  # noqa: E402 (benchmarks/ is the script's directory)
 
 
 def measure(mission: str, steps: int, driver: str, reuse: bool, seed: int) -> dict[str, float]:
