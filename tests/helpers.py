@@ -22,6 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DEBUG = ROOT / "configs" / "debug.yaml"
 EPOCH_STEPS = 512  # write_config's epoch: 8 agents x 64 steps
 TRAINED_EPOCHS = 4  # the shared trained run (conftest.trained_run)
+# Two DDP ranks on CPU (gloo), one torch thread each: the flags that turn a write_config run into a DDP run.
+DDP = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
+       "--model.torch_threads", "1"]
 
 
 def factory(mission: str, seed: int = 7, **overrides) -> EnvFactory:

@@ -9,10 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import EPOCH_STEPS, load, run_main, scalars, train, write_config
+from helpers import DDP, EPOCH_STEPS, load, run_main, scalars, train, write_config
 
-DDP = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
-       "--model.torch_threads", "1"]
 DDP_EPOCHS = 2  # each collects 2 ranks x 512 agent steps
 
 

@@ -2,34 +2,32 @@
 
 from __future__ import annotations
 
-import sys
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from test_cli import run_train, scalars
+from helpers import DDP, DEBUG, EPOCH_STEPS, ROOT, run_main, scalars, tb_points, train, write_config
+from helpers import factory as test_factory
 
-from aligner_lightning import cli
-from aligner_lightning.envs import EnvFactory, env_interface, make_vecenv
+from aligner_lightning.datamodule import RolloutDataModule
+from aligner_lightning.envs import EnvFactory, env_interface
 from aligner_lightning.errors import ConfigError
-from aligner_lightning.missions import make_mission
 from aligner_lightning.policy import AlignerPolicy
 from aligner_lightning.rollout import Rollout
 from aligner_lightning.scripted import ScriptedTeam
 from aligner_lightning.teacher import NO_LABEL, ScriptedTeacher, linear_anneal
 
-ROOT = Path(__file__).resolve().parents[1]
-DEBUG = str(ROOT / "configs" / "debug.yaml")
 NUM_ENVS, AGENTS, HORIZON = 2, 4, 16
 
 
 def smoke_rollout(segments_per_agent: int, seed: int = 3) -> tuple[Rollout, EnvFactory]:
-    factory = EnvFactory(mission="smoke", seed=seed, early_reset=False)
-    vecenv = make_vecenv(factory, NUM_ENVS)
-    teacher = ScriptedTeacher(vecenv, [factory.env_seed(i) for i in range(NUM_ENVS)])
-    rollout = Rollout(vecenv, NUM_ENVS * AGENTS * segments_per_agent, HORIZON, torch.device("cpu"), teacher=teacher)
-    return rollout, factory
+    """A scripted-teacher rollout on two smoke envs (no early reset), built as training builds it."""
+    steps = NUM_ENVS * AGENTS * segments_per_agent * HORIZON
+    dm = RolloutDataModule(mission="smoke", num_envs=NUM_ENVS, seed=seed, early_reset=False, bptt_horizon=HORIZON,
+                           batch_size=steps, minibatch_size=steps, teacher="scripted")
+    return dm.make_rollout(torch.device("cpu")), dm.factory
 
 
 def agent_sequence(buffer: torch.Tensor, agent: int) -> torch.Tensor:
@@ -49,8 +47,8 @@ def policy_for(factory: EnvFactory) -> AlignerPolicy:
 def test_reused_reads_choose_the_plain_teams_actions(mission, steps):
     """The cheap team (reads and distance maps reused between steps) acts exactly as the plain one, across an
     auto-reset on smoke. Two agents follow the team, two act at random (claims, detours, stuck agents)."""
-    factory = EnvFactory(mission=mission, seed=11, early_reset=False)
-    fast_env, plain_env = factory(seed=0), factory(seed=0)
+    envs = test_factory(mission, seed=11)
+    fast_env, plain_env = envs.make_env(0), envs.make_env(0)
     fast_env.reset()
     plain_env.reset()
     fast, plain = ScriptedTeam(fast_env, seed=5), ScriptedTeam(plain_env, seed=5, reuse=False)
@@ -74,7 +72,7 @@ def test_teacher_actions_are_the_scripted_teams_run_directly():
     buf = rollout.buffer
     assert bool(buf.teacher_led.all())
     for i in range(NUM_ENVS):
-        env = factory(seed=i)
+        env = factory.make_env(i)
         env.reset()
         team = ScriptedTeam(env, seed=factory.env_seed(i))
         actions, labels = [], []
@@ -131,6 +129,7 @@ def test_teacher_led_steps_are_masked_out_of_the_ppo_loss():
     """The PPO loss with a step mask is the PPO loss of the kept steps alone, and the masked steps get no
     gradient; with every step kept it is PuffeRL's loss."""
     from aligner_lightning import algorithm
+    from aligner_lightning.module import AlignerPPO
 
     gen = torch.Generator().manual_seed(0)
     n, h = 6, 8
@@ -139,7 +138,7 @@ def test_teacher_led_steps_are_masked_out_of_the_ppo_loss():
     entropy, new_v, old_v = (torch.rand(n, h, generator=gen), torch.randn(n, h, generator=gen),
                              torch.randn(n, h, generator=gen))
     adv, weights = torch.randn(n, h, generator=gen), torch.rand(n, 1, generator=gen) + 0.5
-    cfg = algorithm.LossConfig()
+    cfg = AlignerPPO().loss_cfg  # the default coefficients
     args = (new_logp, entropy, new_v, old_logp, old_v, adv, weights, cfg)
     full, full_stats = algorithm.ppo_loss(*args)
     all_kept, _ = algorithm.ppo_loss(*args, step_mask=torch.ones(n, h, dtype=torch.bool))
@@ -184,27 +183,24 @@ def test_a_vecenv_without_in_process_envs_is_refused():
 # ------------------------------------------------------------------------------------------- configuration
 
 
-def cli_error(monkeypatch, capsys, *args: str) -> str:
-    monkeypatch.setattr(sys, "argv", ["train.py", "fit", "--config", DEBUG, *args])
-    with pytest.raises(SystemExit) as exc:
-        cli.main()
-    assert exc.value.code == 2
+def cli_error(monkeypatch, capsys, tmp_path, *args: str) -> str:
+    assert run_main(monkeypatch, tmp_path, "fit", "--config", DEBUG, *args) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
     return err
 
 
-def test_multiprocessing_with_a_teacher_is_refused(monkeypatch, capsys):
-    err = cli_error(monkeypatch, capsys, "--data.teacher", "scripted", "--data.backend", "multiprocessing",
+def test_multiprocessing_with_a_teacher_is_refused(monkeypatch, capsys, tmp_path):
+    err = cli_error(monkeypatch, capsys, tmp_path, "--data.teacher", "scripted", "--data.backend", "multiprocessing",
                     "--data.num_workers", "2")
     assert "data.teacher='scripted'" in err and "multiprocessing backend" in err and "data.backend=serial" in err
 
 
-def test_auto_backend_choosing_multiprocessing_with_a_teacher_is_refused(monkeypatch, capsys):
+def test_auto_backend_choosing_multiprocessing_with_a_teacher_is_refused(monkeypatch, capsys, tmp_path):
     from aligner_lightning import envs
 
     monkeypatch.setattr(envs.os, "sched_getaffinity", lambda _pid: set(range(8)))
-    err = cli_error(monkeypatch, capsys, "--data.teacher", "scripted", "--data.backend", "auto")
+    err = cli_error(monkeypatch, capsys, tmp_path, "--data.teacher", "scripted", "--data.backend", "auto")
     assert "data.backend=auto chose it" in err and "data.backend=serial" in err
 
 
@@ -212,22 +208,19 @@ def test_auto_backend_choosing_multiprocessing_with_a_teacher_is_refused(monkeyp
     (["--data.teacher", "oracle"], "data.teacher='oracle': must be null (no teacher) or one of scripted"),
     (["--data.teacher_led_start", "0.5", "--data.teacher_led_steps", "100"], "needs a teacher (data.teacher=scripted)"),
     (["--data.teacher", "scripted", "--data.teacher_led_start", "1.5"],
-     "data.teacher_led_start=1.5: must be a fraction"),
+     "data.teacher_led_start=1.5: must be in [0, 1]"),
     (["--data.teacher", "scripted", "--data.teacher_led_start", "0.5"], "data.teacher_led_steps=0: must be >= 1"),
     (["--data.teacher", "scripted", "--model.bc_coef_start", "1.0"], "model.bc_steps=0: must be >= 1"),
     (["--model.bc_coef_start", "-1"], "model.bc_coef_start=-1.0: must be >= 0"),
     (["--model.bc_coef_start", "1.0", "--model.bc_steps", "100"], "behaviour cloning needs a teacher"),
 ])
-def test_bad_teacher_settings_get_one_clear_error(monkeypatch, capsys, args, expected):
-    assert expected in cli_error(monkeypatch, capsys, *args)
+def test_bad_teacher_settings_get_one_clear_error(monkeypatch, capsys, tmp_path, args, expected):
+    assert expected in cli_error(monkeypatch, capsys, tmp_path, *args)
 
 
-def test_kickstart_config_is_an_overlay_of_the_seed_config(monkeypatch, capsys):
-    args = ["--config", str(ROOT / "configs/aligner.yaml"), "--config", str(ROOT / "configs/aligner_kickstart.yaml")]
-    monkeypatch.setattr(sys, "argv", ["train.py", "fit", *args, "--print_config"])
-    with pytest.raises(SystemExit) as exc:
-        cli.main()
-    assert exc.value.code in (0, None)
+def test_kickstart_config_is_an_overlay_of_the_seed_config(monkeypatch, capsys, tmp_path):
+    args = ["--config", ROOT / "configs/aligner.yaml", "--config", ROOT / "configs/aligner_kickstart.yaml"]
+    assert run_main(monkeypatch, tmp_path, "fit", *args, "--print_config") == 0
     printed = capsys.readouterr().out
     for line in ("teacher: scripted", "mission: aligner_tutorial", "num_envs: 16", "total_timesteps: 3000000"):
         assert line in printed
@@ -235,41 +228,41 @@ def test_kickstart_config_is_an_overlay_of_the_seed_config(monkeypatch, capsys):
 
 # ------------------------------------------------------------------------------------ training, end to end
 
-COMMON = ["--data.teacher", "scripted", "--model.torch_threads", "1", "--trainer.check_val_every_n_epoch", "1000",
-          "--trainer.enable_progress_bar", "false"]
-# The schedules: teacher-led agents until agent step 3072, BC until 6144, then PPO alone until 8192.
+# The schedules: teacher-led agents until agent step 3072, BC until 6144, then PPO alone until 8192 (16 epochs).
 SCHEDULE = ["--data.teacher_led_start", "0.5", "--data.teacher_led_steps", "3072", "--model.bc_coef_start", "1.0",
-            "--model.bc_steps", "6144", "--model.total_timesteps", "8192"]
+            "--model.bc_steps", "6144"]
 # Behaviour cloning alone: every agent teacher-led (so every step is masked out of PPO), BC at full weight.
 CLONING = ["--data.teacher_led_start", "1.0", "--data.teacher_led_steps", "1000000000", "--model.bc_coef_start",
-           "1.0", "--model.bc_steps", "1000000000", "--model.total_timesteps", "6144", "--model.learning_rate",
-           "0.003"]
+           "1.0", "--model.bc_steps", "1000000000", "--model.learning_rate", "0.003"]
 
 
-def fit_on_smoke(tmp: Path, args: list[str]) -> dict[str, list]:
-    out = run_train(["fit", "--config", DEBUG, *COMMON, *args, "--run_name", "ks"], tmp)
-    assert out.returncode == 0, out.stderr[-3000:]
+def fit_on_smoke(monkeypatch: pytest.MonkeyPatch, tmp: Path, epochs: int, args: list[str]) -> dict[str, list]:
+    """``train.py fit`` in this process: the debug config's own data (96-step episodes across epochs), a scripted
+    teacher, ``epochs`` epochs of 512 agent steps, no evaluation."""
+    cfg = write_config(tmp, epochs, evaluation=False, deterministic=False, teacher="scripted")
+    assert run_main(monkeypatch, tmp, "fit", "--config", cfg, *args, "--run_name", "ks") == 0
     return scalars(tmp / "lightning_logs" / "ks")
 
 
 @pytest.fixture(scope="module")
 def schedule_run(tmp_path_factory) -> dict[str, list]:
     """16 epochs of 512 agent steps on smoke."""
-    return fit_on_smoke(tmp_path_factory.mktemp("schedule"), SCHEDULE)
+    with pytest.MonkeyPatch.context() as mp:
+        return fit_on_smoke(mp, tmp_path_factory.mktemp("schedule"), 16, SCHEDULE)
 
 
 def test_kickstart_fit_logs_the_teacher_metrics(schedule_run):
     for tag in ("teacher/led_fraction", "teacher/bc_coef", "losses/bc_loss", "teacher/agreement",
                 "performance/teacher_time"):
         assert tag in schedule_run, f"{tag} missing; logged: {sorted(schedule_run)}"
-    steps = [e.step for e in schedule_run["teacher/bc_coef"]]
+    steps = [s for s, _ in schedule_run["teacher/bc_coef"]]
     assert steps == [512 * (i + 1) for i in range(16)]  # against agent steps, every epoch
 
 
 def test_the_schedules_reach_zero_and_the_teacher_stops(schedule_run):
     """Epoch e (512 e agent steps before it) uses the weights at 512 e; the teacher runs while either is > 0."""
     def by_epoch(tag):
-        return {e.step // 512 - 1: e.value for e in schedule_run[tag]}
+        return {s // 512 - 1: v for s, v in schedule_run[tag]}
 
     bc, led = by_epoch("teacher/bc_coef"), by_epoch("teacher/led_fraction")
     seconds = by_epoch("performance/teacher_time")
@@ -282,25 +275,21 @@ def test_the_schedules_reach_zero_and_the_teacher_stops(schedule_run):
     assert set(by_epoch("teacher/agreement")) == set(by_epoch("losses/bc_loss")) == set(range(12))
 
 
-def test_behaviour_cloning_raises_agreement(tmp_path):
-    logged = fit_on_smoke(tmp_path, CLONING)
-    agreement = [e.value for e in logged["teacher/agreement"]]
-    bc_loss = [e.value for e in logged["losses/bc_loss"]]
+def test_behaviour_cloning_raises_agreement(monkeypatch, tmp_path):
+    logged = fit_on_smoke(monkeypatch, tmp_path, 12, CLONING)
+    agreement = [v for _, v in logged["teacher/agreement"]]
+    bc_loss = [v for _, v in logged["losses/bc_loss"]]
     assert np.mean(agreement[-4:]) > np.mean(agreement[:2]) + 0.12, agreement
     assert np.mean(bc_loss[-4:]) < np.mean(bc_loss[:2]) - 0.2, bc_loss
-    assert all(e.value == 0 for e in logged["losses/policy_loss"])  # nothing left for PPO
+    assert all(v == 0 for _, v in logged["losses/policy_loss"])  # nothing left for PPO
 
 
 def test_ddp_each_rank_runs_its_own_teacher(tmp_path):
     """Two DDP ranks, each with its own serial envs and teacher; every agent teacher-led, so every episode on
     both ranks is the scripted team's, and the weights stay identical on both ranks."""
-    import json
-
-    from test_ddp import DDP
-    from test_resume import EPOCH_STEPS, tb_points, train, write_config
-
     probe = {"class_path": "fault_injection.DDPProbe", "init_args": {"out_dir": str(tmp_path)}}
-    cfg = write_config(tmp_path, 4, [probe], teacher="scripted", teacher_led_start=1.0, teacher_led_steps=10**9)
+    cfg = write_config(tmp_path, 4, [probe], evaluation=False, teacher="scripted", teacher_led_start=1.0,
+                       teacher_led_steps=10**9)
     code, _, err = train(cfg, tmp_path, "--run_name", "ddp", "--model.bc_coef_start", "1.0",
                          "--model.bc_steps", "100000", *DDP)
     assert code == 0, err[-3000:]
