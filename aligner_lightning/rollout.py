@@ -20,6 +20,7 @@ from aligner_lightning import algorithm
 from aligner_lightning.envs import reseed_vecenv, restore_vecenv_seed_state, vecenv_seed_state
 from aligner_lightning.policy import sample_actions
 from aligner_lightning.policy_spec import RecurrentPolicy, State
+from aligner_lightning.teacher import ScriptedTeacher
 
 
 @dataclass
@@ -110,7 +111,7 @@ class Rollout:
 
     def __init__(self, vecenv, segments: int, horizon: int, device: torch.device, *, store_initial_state: bool,
                  reset_lstm_on_done: bool, reset_envs_each_epoch: bool, carry_lstm_state: bool, reward_scale: float,
-                 reward_clip: float, teacher=None):
+                 reward_clip: float, teacher: ScriptedTeacher | None):
         """The options are ``RolloutDataModule``'s arguments of the same names (``make_rollout`` passes them)."""
         self.vecenv = vecenv
         self.horizon = horizon

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import DDP, DEBUG, EPOCH_STEPS, ROOT, run_main, scalars, tb_points, train, write_config
-from helpers import factory as test_factory
+from helpers import factory as make_factory
 
 from aligner_lightning.datamodule import RolloutDataModule
 from aligner_lightning.envs import EnvFactory, env_interface
@@ -47,7 +47,7 @@ def policy_for(factory: EnvFactory) -> AlignerPolicy:
 def test_reused_reads_choose_the_plain_teams_actions(mission, steps):
     """The cheap team (reads and distance maps reused between steps) acts exactly as the plain one, across an
     auto-reset on smoke. Two agents follow the team, two act at random (claims, detours, stuck agents)."""
-    envs = test_factory(mission, seed=11)
+    envs = make_factory(mission, seed=11)
     fast_env, plain_env = envs.make_env(0), envs.make_env(0)
     fast_env.reset()
     plain_env.reset()
