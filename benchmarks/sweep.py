@@ -176,8 +176,15 @@ class Runner:
         return math.ceil(self.sweep.stop_steps / self.sweep.global_batch(variant))
 
     def train_done(self, variant: str, seed: int) -> bool:
+        """Trained to the budget here, or already judged at its last mark (the CSV, committed, travels to other
+        checkouts where the run's checkpoints do not)."""
         last = self.sweep.run_dir(variant, seed) / "checkpoints" / "last.ckpt"
-        return last.exists() and _read_ckpt_meta(last).get("epoch", 0) >= self.stop_epochs(variant)
+        if last.exists() and _read_ckpt_meta(last).get("epoch", 0) >= self.stop_epochs(variant):
+            return True
+        every = max(1, round(self.sweep.eval_every / self.sweep.global_batch(variant)))
+        final_epoch = self.stop_epochs(variant) // every * every
+        return any(v == variant and s == seed and c.startswith(f"epoch={final_epoch - 1}-")
+                   for v, s, c in self.evaluated())
 
     def busy(self, variant: str, seed: int, kind: str, checkpoint: Path | None = None) -> bool:
         return any(j.variant == variant and j.seed == seed and j.kind == kind and j.checkpoint == checkpoint
