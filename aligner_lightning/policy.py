@@ -246,17 +246,25 @@ class AlignerPolicy(nn.Module):
         return self._action_head(hidden), self._value_head(hidden).squeeze(-1)
 
 
+def _log_softmax(logits: torch.Tensor) -> torch.Tensor:
+    return logits - logits.logsumexp(dim=-1, keepdim=True)  # PuffeRL's form (not F.log_softmax)
+
+
+def action_logprob(logits: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """Log-probability of ``actions`` under ``logits``, PuffeRL's formula."""
+    return _log_softmax(logits).gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+
+
 def sample_actions(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """PuffeRL's discrete sampling: multinomial over softmax (NaN -> 1e-8), log-prob from log_softmax."""
-    logp_all = logits - logits.logsumexp(dim=-1, keepdim=True)
     probs = torch.nan_to_num(logits.softmax(dim=-1), 1e-8, 1e-8, 1e-8)
-    action = torch.multinomial(probs, 1, replacement=True)
-    return action.squeeze(-1), logp_all.gather(-1, action).squeeze(-1)
+    action = torch.multinomial(probs, 1, replacement=True).squeeze(-1)
+    return action, action_logprob(logits, action)
 
 
 def logprob_and_entropy(logits: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probability of the taken ``actions`` and the policy entropy, PuffeRL's formulas."""
-    logp_all = logits - logits.logsumexp(dim=-1, keepdim=True)
+    logp_all = _log_softmax(logits)
     logprob = logp_all.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
     clamped = logp_all.clamp(min=torch.finfo(logp_all.dtype).min)
     entropy = -(clamped * clamped.softmax(dim=-1)).sum(-1)

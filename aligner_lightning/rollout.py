@@ -18,7 +18,7 @@ import torch
 
 from aligner_lightning import algorithm
 from aligner_lightning.envs import reseed_vecenv, restore_vecenv_seed_state, vecenv_seed_state
-from aligner_lightning.policy import sample_actions
+from aligner_lightning.policy import action_logprob, sample_actions
 from aligner_lightning.policy_spec import RecurrentPolicy, State
 from aligner_lightning.teacher import ScriptedTeacher
 
@@ -155,7 +155,8 @@ class Rollout:
         if self.reset_envs_each_epoch or not use_teacher or teacher_led <= 0:
             self._led.clear()  # new episodes (or no leading): every agent is drawn again
         teacher_seconds = self.teacher.seconds if self.teacher is not None else 0.0
-        teacher_counts = torch.zeros(4, dtype=torch.long, device=self.device)  # steps, led, labelled, argmax agrees
+        teacher_steps = 0
+        teacher_counts = torch.zeros(3, dtype=torch.long, device=self.device)  # led, labelled, argmax agrees
         if self.reset_envs_each_epoch:  # deterministic mode: every epoch starts from envs seeded by the epoch
             reseed_vecenv(self.vecenv, epoch)
             self.start()
@@ -202,9 +203,8 @@ class Rollout:
                 state = self._state[start] = policy.initial_state(n, device)
             t = col_of.setdefault(start, 0)
             row = row_of.setdefault(start, start)
-            stored = buf.initial_state_buffers(state)
-            if t == 0 and stored is not None and row < segments:
-                for buffer, s in zip(stored, state):
+            if t == 0 and buf.store_initial_state and row < segments:
+                for buffer, s in zip(buf.initial_state_buffers(state), state):
                     buffer[row:row + n] = s
             tp = time.perf_counter()
             logits, value, new_state = policy.step(obs, state)
@@ -229,8 +229,8 @@ class Rollout:
                 if use_teacher:
                     buf.teacher_actions[rows, t] = label
                     buf.teacher_led[rows, t] = led
-                    teacher_counts += torch.stack([torch.tensor(n, device=self.device), led.sum(), (label >= 0).sum(),
-                                                   (logits.argmax(dim=-1) == label).sum()])
+                    teacher_steps += n
+                    teacher_counts += torch.stack([led.sum(), (label >= 0).sum(), (logits.argmax(dim=-1) == label).sum()])
                 if t + 1 >= horizon:
                     row_of[start] = next_row
                     col_of[start] = 0
@@ -247,8 +247,8 @@ class Rollout:
         timing = {"rollout_time": total, "env_time": env_time, "policy_time": policy_time}
         if self.teacher is not None:
             timing["teacher_time"] = self.teacher.seconds - teacher_seconds
-            steps, led, labelled, agree = (float(x) for x in teacher_counts.tolist())
-            self.teacher_stats = ({"steps": steps, "led": led, "labelled": labelled, "agree": agree}
+            led, labelled, agree = (float(x) for x in teacher_counts.tolist())
+            self.teacher_stats = ({"steps": float(teacher_steps), "led": led, "labelled": labelled, "agree": agree}
                                   if use_teacher else None)
         return timing
 
@@ -276,15 +276,14 @@ class Rollout:
             led = torch.zeros(n, dtype=torch.bool, device=self.device)
         if bool(led.any()):
             action = torch.where(led, teacher_action, action)
-            logp_all = logits - logits.logsumexp(dim=-1, keepdim=True)
-            logprob = logp_all.gather(-1, action.unsqueeze(-1)).squeeze(-1)
+            logprob = action_logprob(logits, action)
         return action, logprob, torch.from_numpy(label_np).to(self.device), led
 
     def minibatches(self, num_minibatches: int, minibatch_segments: int, algo, beta: float) -> Iterator[Minibatch]:
         """Yield prioritized minibatches lazily: each is drawn after the previous one's write-back."""
         buf = self.buffer
         buf.ratio.fill_(1.0)
-        order = None
+        order = torch.empty(0, dtype=torch.long, device=buf.obs.device)  # segments still to visit, in pass order
         for i in range(num_minibatches):
             with torch.no_grad():
                 adv = algorithm.puff_advantage(buf.values, buf.rewards, buf.terminals, buf.ratio, algo.gamma,
@@ -292,10 +291,9 @@ class Rollout:
                 if i == 0:  # the standard explained variance, on the rollout's own values (before write-backs)
                     self.explained_variance = float(algorithm.explained_variance(buf.values, adv + buf.values))
                 if algo.sampling == "sequential":  # every segment once per pass, random order, unit weights
-                    start = i * minibatch_segments % buf.segments
-                    if start == 0:
-                        order = torch.randperm(buf.segments, device=buf.obs.device)
-                    idx = order[start:start + minibatch_segments]
+                    while len(order) < minibatch_segments:  # a pass ends inside a minibatch: the next one follows
+                        order = torch.cat([order, torch.randperm(buf.segments, device=buf.obs.device)])
+                    idx, order = order[:minibatch_segments], order[minibatch_segments:]
                     weights = torch.ones(len(idx), 1, device=buf.obs.device)
                 else:
                     probs = algorithm.segment_probabilities(adv, algo.prio_alpha)

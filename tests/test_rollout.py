@@ -94,3 +94,17 @@ def test_episode_stats_count_a_missing_stat_as_zero():
     assert sums["game/cogs/aligned.junction.gained"] / episodes == 2.0
     assert sums["episode_return"] / episodes == 2.0
     assert stats.pop() == ({}, 0)
+
+
+def test_sequential_sampling_when_a_pass_ends_inside_a_minibatch():
+    """32 segments in minibatches of 12: the draws run through one random pass after another, so every 32
+    consecutive draws are each segment once (the old slicing restarted mid-pass and repeated segments)."""
+    dm = datamodule()
+    rollout = dm.make_rollout(CPU)
+    algo = AlignerPPO(sampling="sequential").algo
+    batches = list(rollout.minibatches(8, 12, algo, beta=0.5))  # 96 draws = 3 passes
+    rollout.close()
+    assert all(len(b.idx) == 12 for b in batches)
+    drawn = torch.cat([b.idx for b in batches])
+    for p in range(3):
+        assert sorted(drawn[p * 32:(p + 1) * 32].tolist()) == list(range(32))
