@@ -47,6 +47,19 @@ def puff_advantage(
     return advantages
 
 
+@dataclass
+class AlgoConfig:
+    """What the advantage and the segment sampling need (their defaults: ``AlignerPPO``'s arguments)."""
+
+    gamma: float
+    gae_lambda: float
+    vtrace_rho_clip: float
+    vtrace_c_clip: float
+    prio_alpha: float
+    prio_beta0: float
+    sampling: str  # "prioritized" (PuffeRL) or "sequential"
+
+
 def anneal_beta(prio_beta0: float, prio_alpha: float, epoch: int, total_epochs: int) -> float:
     """Importance-sampling exponent for this epoch. PuffeRL scales the ramp by alpha, so beta ends at
     beta0 + (1 - beta0) * alpha (0.84 for the seed config), not 1. Reproduced on purpose."""
@@ -65,6 +78,29 @@ def sample_segments(probs: torch.Tensor, num_segments: int, beta: float) -> tupl
     idx = torch.multinomial(probs, num_segments)
     weights = (probs.shape[0] * probs[idx, None]) ** -beta
     return idx, weights
+
+
+class SegmentSampler:
+    """Draws each minibatch's segments for one update.
+
+    ``prioritized`` (PuffeRL): every draw is ``sample_segments`` from the current advantages. ``sequential``
+    (option): passes over the buffer in random order, each segment once per pass, unit weights; a pass may end
+    inside a minibatch, and the next pass's permutation continues it.
+    """
+
+    def __init__(self, algo: AlgoConfig, segments: int, num_segments: int, beta: float, device: torch.device):
+        self.algo, self.segments, self.num_segments, self.beta = algo, segments, num_segments, beta
+        self._order = torch.empty(0, dtype=torch.long, device=device)  # segments still to visit, in pass order
+
+    def draw(self, advantages: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows ``[n]`` and importance weights ``[n, 1]``."""
+        if self.algo.sampling == "prioritized":
+            probs = segment_probabilities(advantages, self.algo.prio_alpha)
+            return sample_segments(probs, self.num_segments, self.beta)
+        while len(self._order) < self.num_segments:
+            self._order = torch.cat([self._order, torch.randperm(self.segments, device=self._order.device)])
+        idx, self._order = self._order[:self.num_segments], self._order[self.num_segments:]
+        return idx, torch.ones(len(idx), 1, device=advantages.device)
 
 
 @dataclass

@@ -1,9 +1,12 @@
-"""RolloutDataModule: the Lightning face of the rollout.
+"""RolloutDataModule: the experience source.
 
-Its train loader is an iterable whose ``__iter__`` runs one epoch: a rollout with the current policy, then
-``update_epochs * batch_size / minibatch_size`` prioritized minibatches, each drawn lazily. The module
-fetches them itself (``training_step(dataloader_iter)``), so Lightning never prefetches a minibatch before
-the previous step has written its ratios and values back. Everything runs in the main process.
+It owns this rank's vector env and a collector (``collector.py``) that acts with its own copy of the policy.
+Its train loader yields one batch per epoch: one whole rollout, an ``Experience``. The LightningModule hands it
+new weights through one call, ``publish_policy(PolicyUpdate)``, before the first rollout and after every update;
+the DataModule never reaches into the LightningModule.
+
+Its checkpoint state (``state_dict``) is every rank's: RNG, env streams and agent steps, restored to the rank
+that wrote them.
 """
 
 from __future__ import annotations
@@ -13,13 +16,17 @@ from typing import Any, Iterator
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 
-from aligner_lightning import algorithm
-from aligner_lightning.envs import BACKENDS, EnvFactory, env_interface, make_vecenv, resolve_backend
+from aligner_lightning import distributed
+from aligner_lightning.collector import (COLLECTORS, InProcessCollector, PolicyUpdate, ProcessCollector,
+                                         RolloutRecipe)
+from aligner_lightning.envs import BACKENDS, EnvFactory, env_interface, resolve_backend
 from aligner_lightning.errors import raise_if
+from aligner_lightning.experience import Experience
 from aligner_lightning.missions import make_mission
-from aligner_lightning.rollout import Minibatch, Rollout
-from aligner_lightning.teacher import TEACHERS, ScriptedTeacher, linear_anneal, schedule_problems
+from aligner_lightning.rollout import Rollout
+from aligner_lightning.teacher import TEACHERS, schedule_problems
 
 
 class RolloutDataModule(L.LightningDataModule):
@@ -48,6 +55,8 @@ class RolloutDataModule(L.LightningDataModule):
         teacher: str | None = None,
         teacher_led_start: float = 0.0,
         teacher_led_steps: int = 0,
+        collector: str = "sync",
+        collector_threads: int = 1,
     ):
         """
         Args:
@@ -84,6 +93,10 @@ class RolloutDataModule(L.LightningDataModule):
                 teacher (those steps are masked out of the PPO loss and feed behaviour cloning only); it falls
                 linearly to 0 over ``teacher_led_steps``.
             teacher_led_steps: global agent steps over which ``teacher_led_start`` falls to 0.
+            collector: ``sync`` (PuffeRL: collect, then train, in turn) or ``async`` (option: a process of its
+                own collects the next rollout while the learner trains on this one; the policy lag is one update;
+                serial backend only). See docs/algorithm.md.
+            collector_threads: torch threads of the async collector process.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -96,7 +109,7 @@ class RolloutDataModule(L.LightningDataModule):
         self.factory = EnvFactory(mission, self.mission_overrides, seed, seed_stride, early_reset)
         self.agents_per_env = make_mission(mission, **self.mission_overrides).game.num_agents
         self._validate()
-        self.rollout: Rollout | None = None
+        self.collector: InProcessCollector | ProcessCollector | None = None
         self.env_info = env_interface(self.factory)
 
     # -- sizes (spec section 1) ----------------------------------------------------------------------------
@@ -150,6 +163,16 @@ class RolloutDataModule(L.LightningDataModule):
         if not self.hparams.reward_clip > 0:
             p.append(f"data.reward_clip={self.hparams.reward_clip}: must be > 0 (1 = PuffeRL)")
         p += self._validate_teacher()
+        if self.hparams.collector not in COLLECTORS:
+            p.append(f"data.collector={self.hparams.collector!r}: must be one of {', '.join(COLLECTORS)}")
+        elif self.hparams.collector == "async":
+            if self.backend != "serial":
+                p.append(f"data.collector=async needs data.backend=serial (got {self.backend!r}): the collector "
+                         "process steps its envs itself")
+            if self.hparams.reset_envs_each_epoch:
+                p.append("data.reset_envs_each_epoch=true needs data.collector=sync (deterministic mode)")
+        if not isinstance(self.hparams.collector_threads, int) or self.hparams.collector_threads < 1:
+            p.append(f"data.collector_threads={self.hparams.collector_threads!r}: must be a positive integer")
         if self.hparams.reset_envs_each_epoch and self.backend != "serial":
             p.append(f"data.reset_envs_each_epoch=true needs data.backend=serial (got {self.backend!r})")
         if self.backend == "multiprocessing":
@@ -184,42 +207,52 @@ class RolloutDataModule(L.LightningDataModule):
                          f"the {resolved} backend{via} keeps the envs in worker processes; use data.backend=serial")
         return p
 
-    def teacher_led_fraction(self, agent_steps: int) -> float:
-        """The scheduled probability that an agent's episode starting now is teacher-led."""
-        return linear_anneal(self.hparams.teacher_led_start, self.hparams.teacher_led_steps, agent_steps)
+    # -- the experience source -----------------------------------------------------------------------------
+    def recipe(self) -> RolloutRecipe:
+        """How to build this rank's rollout (its envs start at ``factory.first_env``)."""
+        hp = self.hparams
+        return RolloutRecipe(
+            factory=self.factory, num_envs=self.num_envs, backend=self.backend, num_workers=self.num_workers,
+            env_batch_size=self.env_batch_size, segments=self.segments, horizon=self.horizon,
+            store_initial_state=hp.store_initial_state, reset_lstm_on_done=hp.reset_lstm_on_done,
+            reset_envs_each_epoch=hp.reset_envs_each_epoch, carry_lstm_state=hp.carry_lstm_state,
+            reward_scale=hp.reward_scale, reward_clip=hp.reward_clip, teacher=hp.teacher,
+            teacher_led_start=hp.teacher_led_start, teacher_led_steps=hp.teacher_led_steps)
+
+    def make_rollout(self, device: torch.device) -> Rollout:
+        """This rank's vector env and rollout buffer, with this module's options (for driving it by hand)."""
+        return self.recipe().build(device)
+
+    @property
+    def rollout(self) -> Rollout | None:
+        """The in-process rollout (sync collector); None before ``setup`` and in async mode."""
+        return self.collector.rollout if self.collector is not None else None
+
+    def publish_policy(self, update: PolicyUpdate) -> None:
+        """The learner's hand-off: the weights the next rollouts act with, and where training stands."""
+        self.collector.publish(update)
 
     # -- Lightning hooks -----------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        if stage != "fit" or self.rollout is not None:
+        if stage != "fit" or self.collector is not None:
             return
         rank = self.trainer.global_rank if self.trainer else 0
         self.factory.first_env = rank * self.num_envs
-        device = self.trainer.lightning_module.device if self.trainer else torch.device("cpu")
-        self.rollout = self.make_rollout(device)
-
-    def make_rollout(self, device: torch.device) -> Rollout:
-        """This rank's vector env and rollout buffer, with this module's options."""
-        vecenv = make_vecenv(self.factory, self.num_envs, self.backend, self.num_workers, self.env_batch_size)
-        hp = self.hparams
-        teacher = None
-        if hp.teacher is not None:
-            try:
-                teacher = ScriptedTeacher(vecenv, [self.factory.env_seed(i) for i in range(self.num_envs)])
-            except BaseException:
-                vecenv.close()
-                raise
-        return Rollout(vecenv, self.segments, self.horizon, device, store_initial_state=hp.store_initial_state,
-                       reset_lstm_on_done=hp.reset_lstm_on_done, reset_envs_each_epoch=hp.reset_envs_each_epoch,
-                       carry_lstm_state=hp.carry_lstm_state, reward_scale=hp.reward_scale, reward_clip=hp.reward_clip,
-                       teacher=teacher)
+        if self.hparams.collector == "async":
+            # Its own seed stream, from the run's seed and the rank.
+            seed = (torch.initial_seed() * 1_000_003 + rank + 1) % 2**63
+            self.collector = ProcessCollector(self.recipe(), self.env_info, self.hparams.collector_threads, seed)
+        else:
+            device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
+            self.collector = InProcessCollector(self.recipe(), self.env_info, device)
 
     def teardown(self, stage: str) -> None:
-        if self.rollout is not None:
-            self.rollout.close()
-            self.rollout = None
+        if self.collector is not None:
+            self.collector.close()
+            self.collector = None
 
-    def train_dataloader(self) -> "EpochIterable":
-        return EpochIterable(self)
+    def train_dataloader(self) -> "RolloutLoader":
+        return RolloutLoader(self)
 
     def val_dataloader(self) -> list[int]:
         return [0]  # one "batch": validation_step plays this rank's evaluation episodes itself
@@ -227,34 +260,43 @@ class RolloutDataModule(L.LightningDataModule):
     def test_dataloader(self) -> list[int]:
         return [0]
 
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        return batch.to(device) if isinstance(batch, Experience) else batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every rank's collector state (gathered: Lightning saves rank 0's view only)."""
+        if self.collector is None:
+            return {}
+        return {"ranks": distributed.gather_objects(self.collector.state())}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Called on resume after ``setup`` and before the first rollout."""
+        ranks = state.get("ranks") or []
+        if self.collector is None:
+            return
+        if len(ranks) != distributed.world_size():
+            rank_zero_warn("the checkpoint holds no env streams for this run's ranks: the envs start from their "
+                           "first maps again and the RNG is not restored")
+            return
+        self.collector.restore(ranks[distributed.rank()])
+
     def geometry(self) -> dict[str, int]:
         """The batch layout a checkpoint's optimizer state and schedule were built for."""
         return {"batch_size": self.batch_size, "bptt_horizon": self.horizon, "minibatch_size": self.minibatch_size,
                 "total_agents": self.total_agents}
 
     def on_exception(self, exception: BaseException) -> None:
-        self.teardown("fit")  # close the envs (and any worker processes) on the way out
+        self.teardown("fit")  # close the envs (and any worker or collector process) on the way out
 
 
-class EpochIterable:
-    """One pass = one PuffeRL epoch: the rollout, then the minibatches (drawn lazily)."""
+class RolloutLoader:
+    """One pass = one epoch's batch: the next rollout."""
 
     def __init__(self, dm: RolloutDataModule):
         self.dm = dm
 
     def __len__(self) -> int:
-        return self.dm.num_minibatches
+        return 1
 
-    def __iter__(self) -> Iterator[Minibatch]:
-        dm = self.dm
-        module = dm.trainer.lightning_module
-        rollout = dm.rollout
-        led, bc = module.teacher_weights()  # both 0 without a teacher
-        if rollout.teacher is None:
-            timing = rollout.collect(module.policy, module.puffer_epoch)
-        else:
-            timing = rollout.collect(module.policy, module.puffer_epoch, teacher_led=led, use_teacher=led > 0 or bc > 0)
-        module.on_rollout_end(timing)
-        beta = algorithm.anneal_beta(module.algo.prio_beta0, module.algo.prio_alpha,
-                                     module.puffer_epoch, module.total_epochs)
-        yield from rollout.minibatches(dm.num_minibatches, dm.minibatch_segments, module.algo, beta)
+    def __iter__(self) -> Iterator[Experience]:
+        yield self.dm.collector.next_rollout()

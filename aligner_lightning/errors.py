@@ -23,3 +23,7 @@ class TrainingDiverged(RuntimeError):
 def raise_if(problems: list[str]) -> None:
     if problems:
         raise ConfigError(problems)
+
+
+class CollectorError(RuntimeError):
+    """The rollout collector failed (in the async mode: its process died or raised; the message carries why)."""

@@ -1,49 +1,35 @@
-"""The LightningModule: owns the policy, the optimizer and the LR schedule; one training_step per minibatch.
+"""The LightningModule is the algorithm: the policy, the optimizer, the LR schedule, and PuffeRL's update.
 
-Manual optimization, as PuffeRL does it: gradients of ``accumulation_steps`` minibatches are summed, clipped
-to ``max_grad_norm``, and applied with Adam; the cosine schedule steps once per epoch. One Lightning epoch is
-one PuffeRL epoch (a rollout plus its updates), and the run stops once ``total_timesteps`` agent steps (summed
+One Lightning epoch is one PuffeRL epoch. The DataModule's loader yields the epoch's rollout (an ``Experience``)
+and ``training_step`` runs the whole update on it, top to bottom (manual optimization, as PuffeRL does it), then
+hands the new weights to the DataModule's collector. The run stops once ``total_timesteps`` agent steps (summed
 over ranks) have been collected. Metrics go to the logger against agent steps, not optimizer steps.
+Evaluation (``evaluation.py``) and the per-rank collector state (``RolloutDataModule.state_dict``) live with the
+modules that own them.
 """
 
 from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import lightning as L
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.tensorboard import SummaryWriter
 
-from aligner_lightning import algorithm
+from aligner_lightning import algorithm, distributed
+from aligner_lightning.collector import PolicyUpdate
+from aligner_lightning.epoch_metrics import EpisodeMeans, teacher_metrics
 from aligner_lightning.errors import ConfigError, TrainingDiverged, raise_if
-from aligner_lightning.envs import tensorboard_tag
-from aligner_lightning.episodes import EvalSettings, PolicyActor, format_table, play_episodes, summarize
+from aligner_lightning.episodes import EvalSettings
+from aligner_lightning.evaluation import Evaluation
+from aligner_lightning.experience import Experience
 from aligner_lightning.policy import AlignerPolicy, logprob_and_entropy
 from aligner_lightning.policy_spec import (PolicyFactory, PolicySpecError, build_policy, canonical, default_spec,
                                            spec_of)
-from aligner_lightning.render import log_episode_media
-from aligner_lightning.rng import capture_rng, restore_rng
 from aligner_lightning.teacher import linear_anneal, schedule_problems
-
-
-@dataclass
-class AlgoConfig:
-    """What the advantage and the prioritized sampler need (the datamodule's minibatches read it)."""
-
-    gamma: float
-    gae_lambda: float
-    vtrace_rho_clip: float
-    vtrace_c_clip: float
-    prio_alpha: float
-    prio_beta0: float
-    sampling: str
 
 
 class AlignerPPO(L.LightningModule):
@@ -132,15 +118,15 @@ class AlignerPPO(L.LightningModule):
             self.policy_spec = spec_of(policy)
         except PolicySpecError as err:
             raise ConfigError([str(err)]) from err
-        self.algo = AlgoConfig(gamma, gae_lambda, vtrace_rho_clip, vtrace_c_clip, prio_alpha, prio_beta0, sampling)
+        self.algo = algorithm.AlgoConfig(gamma, gae_lambda, vtrace_rho_clip, vtrace_c_clip, prio_alpha, prio_beta0,
+                                         sampling)
         self.loss_cfg = algorithm.LossConfig(clip_coef, vf_clip_coef, vf_coef, ent_coef)
         self.policy: AlignerPolicy | None = None
         self.agent_steps = 0  # global (all ranks)
         self.train_seconds = 0.0  # wall-clock of the training epochs so far, summed over resumes
         self.eval_settings = self._validate()
-        self._eval_result = None
-        self._logged_env_stats: set[str] = set()  # env_stats/ tags: those that have been nonzero in this run
-        self._reset_epoch_stats()
+        self.evaluation = Evaluation(self.eval_settings)
+        self.episode_means = EpisodeMeans()
 
     def _validate(self) -> EvalSettings:
         """Every problem with the model's arguments at once, named as on the command line."""
@@ -207,17 +193,12 @@ class AlignerPPO(L.LightningModule):
     @property
     def global_batch_size(self) -> int:
         """Agent steps per epoch over all ranks: each rank collects its own ``data.batch_size``."""
-        return self.datamodule.batch_size * self._world_size()
+        return self.datamodule.batch_size * distributed.world_size()
 
     @property
     def total_epochs(self) -> int:
         """The LR schedule's length, as PuffeRL: total_timesteps // batch (at least 1)."""
         return max(1, self.hparams.total_timesteps // self.global_batch_size)
-
-    @property
-    def puffer_epoch(self) -> int:
-        """PuffeRL's epoch counter: completed epochs. It anneals beta and the LR."""
-        return self.current_epoch
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -228,21 +209,7 @@ class AlignerPPO(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     # -- training ------------------------------------------------------------------------------------------
-    def _reset_epoch_stats(self) -> None:
-        self._loss_sums: dict[str, torch.Tensor] = {}
-        self._num_minibatches = 0
-        self._timing: dict[str, float] = {}
-        self._teacher_weights = (0.0, 0.0)
-
-    def teacher_weights(self) -> tuple[float, float]:
-        """This epoch's teacher-led fraction and behaviour-cloning weight, from the global agent steps before it
-        (the same on every rank). Both 0 without a teacher. Called by the loader before the rollout."""
-        self._teacher_weights = (self.datamodule.teacher_led_fraction(self.agent_steps),
-                                 linear_anneal(self.hparams.bc_coef_start, self.hparams.bc_steps, self.agent_steps))
-        return self._teacher_weights
-
     def on_train_start(self) -> None:
-        self._restore_rank_state()
         if self.hparams.torch_threads:
             torch.set_num_threads(self.hparams.torch_threads)
         for scheduler in [self.lr_schedulers()] if self.hparams.anneal_lr else []:
@@ -251,71 +218,104 @@ class AlignerPPO(L.LightningModule):
             self.trainer.fit_loop.max_epochs = -(-self.hparams.total_timesteps // self.global_batch_size)
         if self.agent_steps >= self.hparams.total_timesteps:
             self.trainer.should_stop = True
+        self._publish_policy(self.current_epoch)  # the weights the first rollout acts with
 
     def on_train_epoch_start(self) -> None:
-        self._reset_epoch_stats()
         self._epoch_start = time.perf_counter()
-        self._steps_at_epoch_start = self.datamodule.rollout.agent_steps
 
-    def on_rollout_end(self, timing: dict[str, float]) -> None:
-        """Called by the loader after the rollout, before the first minibatch."""
-        self._timing = dict(timing)
-        self._train_start = time.perf_counter()
+    def bc_coef(self) -> float:
+        """This epoch's behaviour-cloning weight, from the global agent steps before it (0 without kickstarting)."""
+        return linear_anneal(self.hparams.bc_coef_start, self.hparams.bc_steps, self.agent_steps)
 
-    def training_step(self, dataloader_iter: Iterator) -> None:
-        mb, batch_idx, _ = next(dataloader_iter)
-        dm = self.datamodule
-        logits, new_values = self.policy(mb.obs, mb.initial_state)
-        logits, new_values = logits.float(), new_values.float()
-        new_logprobs, entropy = logprob_and_entropy(logits, mb.actions)
-        # Kickstarting, while agents are teacher-led this epoch: PPO learns from the student's own steps only.
-        student_steps = ~mb.teacher_led if self._teacher_weights[0] > 0 else None
-        loss, stats = algorithm.ppo_loss(new_logprobs, entropy, new_values, mb.logprobs, mb.values,
-                                         mb.advantages, mb.weights, self.loss_cfg, step_mask=student_steps)
-        bc_coef = self._teacher_weights[1]
-        if bc_coef > 0:  # kickstarting: the rollout stored the teacher's label at every step (-1: none)
-            labels = mb.teacher_actions.reshape(-1)
-            has_label = (labels >= 0).float()
-            ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.clamp(min=0), reduction="none")
-            bc_loss = (ce * has_label).sum() / has_label.sum().clamp(min=1.0)
-            loss = loss + bc_coef * bc_loss
-            stats["bc_loss"] = bc_loss.detach()
-        dm.rollout.buffer.write_back(mb.idx, stats.pop("ratio"), new_values.detach())
-        for k, v in stats.items():
-            self._loss_sums[k] = self._loss_sums.get(k, 0.0) + v
-        self._num_minibatches += 1
+    def training_step(self, rollout: Experience) -> None:
+        """PuffeRL's update on one rollout: for each minibatch, V-trace advantages over the whole buffer, a
+        prioritized draw of segments, the clipped PPO loss (plus behaviour cloning when kickstarting), backward,
+        the ratio and value write-back; every ``accumulation_steps`` minibatches, clip and Adam."""
+        dm, algo, hp = self.datamodule, self.algo, self.hparams
+        train_start = time.perf_counter()
+        opt = self.optimizers()
+        bc_coef = self.bc_coef()
+        # Kickstarting, while some episodes were teacher-led: PPO learns from the student's own steps only.
+        student_steps = ~rollout.teacher_led if rollout.teacher_led_fraction > 0 else None
+        beta = algorithm.anneal_beta(algo.prio_beta0, algo.prio_alpha, self.current_epoch, self.total_epochs)
+        sampler = algorithm.SegmentSampler(algo, rollout.segments, dm.minibatch_segments, beta, rollout.obs.device)
+        rollout.ratio.fill_(1.0)
+        loss_sums: dict[str, torch.Tensor] = {}
+        for i in range(dm.num_minibatches):
+            with torch.no_grad():  # advantages see every earlier minibatch's written-back ratios and values
+                adv = algorithm.puff_advantage(rollout.values, rollout.rewards, rollout.terminals, rollout.ratio,
+                                               algo.gamma, algo.gae_lambda, algo.vtrace_rho_clip, algo.vtrace_c_clip)
+                if i == 0:  # the standard explained variance, on the rollout's own values
+                    explained_variance = float(algorithm.explained_variance(rollout.values, adv + rollout.values))
+                idx, weights = sampler.draw(adv)
 
-        self.manual_backward(loss)
-        if (batch_idx + 1) % dm.accumulation_steps == 0:
-            opt = self.optimizers()
-            # Checked after DDP's all-reduce, so a NaN on any rank stops every rank at the same step (no hang).
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.hparams.max_grad_norm)
-            if not torch.isfinite(grad_norm):
-                self._diverged("the loss or a gradient")
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if not all(torch.isfinite(p).all() for p in self.policy.parameters()):
-                self._diverged("a parameter")
-        if batch_idx + 1 == dm.num_minibatches:
-            # Here, not in on_train_epoch_end: callbacks (checkpointing) run their epoch-end hooks first.
-            self._finish_epoch()
+            state = None if rollout.initial_state is None else tuple(s[idx] for s in rollout.initial_state)
+            logits, new_values = self.policy(rollout.obs[idx], state)
+            logits, new_values = logits.float(), new_values.float()
+            new_logprobs, entropy = logprob_and_entropy(logits, rollout.actions[idx])
+            loss, stats = algorithm.ppo_loss(new_logprobs, entropy, new_values, rollout.logprobs[idx],
+                                             rollout.values[idx], adv[idx], weights, self.loss_cfg,
+                                             step_mask=None if student_steps is None else student_steps[idx])
+            if bc_coef > 0:  # cross-entropy on the steps with a teacher label
+                labels = rollout.teacher_actions[idx].reshape(-1)
+                has_label = (labels >= 0).float()
+                ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.clamp(min=0), reduction="none")
+                bc_loss = (ce * has_label).sum() / has_label.sum().clamp(min=1.0)
+                loss = loss + bc_coef * bc_loss
+                stats["bc_loss"] = bc_loss.detach()
+            rollout.ratio[idx] = stats.pop("ratio")  # the write-back: later minibatches' V-trace reads these
+            rollout.values[idx] = new_values.detach()
+            for k, v in stats.items():
+                loss_sums[k] = loss_sums.get(k, 0.0) + v
+
+            self.manual_backward(loss)
+            if (i + 1) % dm.accumulation_steps == 0:
+                # Checked after DDP's all-reduce, so a NaN on any rank stops every rank at the same step (no hang).
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), hp.max_grad_norm)
+                if not torch.isfinite(grad_norm):
+                    self._diverged("the loss or a gradient")
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                if not all(torch.isfinite(p).all() for p in self.policy.parameters()):
+                    self._diverged("a parameter")
+        if hp.anneal_lr:
+            self.lr_schedulers().step()
+
+        losses = {f"losses/{k}": float(v) / dm.num_minibatches for k, v in loss_sums.items()}
+        losses["losses/explained_variance"] = explained_variance
+        timing = {**rollout.timing, "train_time": time.perf_counter() - train_start}
+        self._finish_epoch(rollout, losses, timing, bc_coef)
+        self._publish_policy(self.current_epoch + 1)  # the next rollouts act with these weights
+
+    def _publish_policy(self, version: int) -> None:
+        """The one hand-off to the DataModule: the weights after ``version`` updates."""
+        self.datamodule.publish_policy(PolicyUpdate(
+            version=version, weights=self.policy.state_dict(), spec=canonical(self.policy_spec),
+            agent_steps=self.agent_steps, teacher_labels=self.bc_coef() > 0))
 
     def _diverged(self, what: str) -> None:
         raise TrainingDiverged(
-            f"training diverged: {what} became NaN/Inf at epoch {self.current_epoch}, agent step "
-            f"{self.agent_steps + self.datamodule.rollout.agent_steps - self._steps_at_epoch_start}; "
-            "the run stopped and the last good checkpoint was kept")
+            f"training diverged: {what} became NaN/Inf in epoch {self.current_epoch} (after {self.agent_steps} "
+            "agent steps); the run stopped and the last good checkpoint was kept")
 
-    def _finish_epoch(self) -> None:
-        if self.hparams.anneal_lr:
-            self.lr_schedulers().step()
-        local_steps = self.datamodule.rollout.agent_steps - self._steps_at_epoch_start
-        epoch_steps = int(self._all_reduce_sum(torch.tensor(float(local_steps))))
-        self.agent_steps += epoch_steps
+    def _finish_epoch(self, rollout: Experience, losses: dict[str, float], timing: dict[str, float],
+                      bc_coef: float) -> None:
+        device = self.device
+        self.agent_steps += int(distributed.all_reduce_sum(torch.tensor(float(rollout.agent_steps)), device))
         elapsed = time.perf_counter() - self._epoch_start
         self.train_seconds += elapsed
-        self._timing["train_time"] = time.perf_counter() - self._train_start
-        metrics = self._epoch_metrics(local_steps / max(elapsed, 1e-9))  # summed over ranks inside
+        metrics = dict(losses)
+        metrics.update({f"performance/{k}": v for k, v in timing.items()})
+        metrics["performance/train_seconds"] = self.train_seconds
+        metrics["performance/policy_lag"] = float(self.current_epoch - rollout.policy_version)
+        metrics["SPS"] = float(distributed.all_reduce_sum(torch.tensor(rollout.agent_steps / max(elapsed, 1e-9)),
+                                                          device))
+        metrics["agent_steps"] = float(self.agent_steps)
+        metrics["epoch"] = float(self.current_epoch + 1)
+        metrics["learning_rate"] = self.optimizers().param_groups[0]["lr"]
+        metrics.update(self.episode_means(rollout))
+        if self.datamodule.hparams.teacher is not None:
+            metrics.update(teacher_metrics(rollout, bc_coef, device))
         if self.logger is not None:
             self.logger.log_metrics(metrics, step=self.agent_steps)
         self.log_dict({"agent_steps": float(self.agent_steps), "SPS": metrics["SPS"],
@@ -323,75 +323,6 @@ class AlignerPPO(L.LightningModule):
                       prog_bar=True, logger=False, rank_zero_only=True, batch_size=1)
         if self.agent_steps >= self.hparams.total_timesteps:
             self.trainer.should_stop = True
-
-    def _epoch_metrics(self, local_sps: float) -> dict[str, float]:
-        n = max(self._num_minibatches, 1)
-        metrics = {f"losses/{k}": float(v) / n for k, v in self._loss_sums.items()}
-        metrics["losses/explained_variance"] = self.datamodule.rollout.explained_variance
-        metrics.update({f"performance/{k}": v for k, v in self._timing.items()})
-        metrics["SPS"] = float(self._all_reduce_sum(torch.tensor(local_sps)))
-        metrics["agent_steps"] = float(self.agent_steps)
-        metrics["epoch"] = float(self.current_epoch + 1)
-        metrics["learning_rate"] = self.optimizers().param_groups[0]["lr"]
-        metrics["performance/train_seconds"] = self.train_seconds
-        metrics.update(self._episode_means())
-        metrics.update(self._teacher_metrics())
-        return metrics
-
-    def _teacher_metrics(self) -> dict[str, float]:
-        """With a teacher: the BC weight this epoch, and over all ranks' buffer steps the fraction the teacher
-        led, the fraction with a teacher label, and over those the fraction where the student's argmax (at
-        rollout time) was the teacher's action."""
-        if self.datamodule.hparams.teacher is None:
-            return {}
-        stats = self.datamodule.rollout.teacher_stats  # None where the teacher did not run this epoch
-        keys = ("steps", "led", "labelled", "agree")
-        counts = torch.tensor([stats[k] if stats else 0.0 for k in keys], dtype=torch.float64)
-        steps, led, labelled, agree = (float(x) for x in self._all_reduce_sum(counts))
-        metrics = {"teacher/bc_coef": self._teacher_weights[1], "teacher/led_fraction": led / steps if steps else 0.0}
-        if steps:
-            metrics["teacher/labelled_fraction"] = labelled / steps
-        if labelled:
-            metrics["teacher/agreement"] = agree / labelled
-        return metrics
-
-    def _episode_means(self) -> dict[str, float]:
-        """Per-episode means over the episodes finished this epoch on all ranks (pooled sums and counts), under
-        the tags of ``envs.tensorboard_tag``. An ``env_stats/`` tag is logged from the first epoch in which its
-        stat is nonzero: a stat that has only ever been 0 (a resource the mission never uses) stays out."""
-        sums, episodes = {}, 0
-        for rank_sums, rank_episodes in self._gather(self.datamodule.rollout.episodes.pop()):
-            episodes += rank_episodes
-            for k, v in rank_sums.items():
-                sums[k] = sums.get(k, 0.0) + v
-        if not episodes:
-            return {}
-        means = {}
-        for key, total in sorted(sums.items()):
-            tag = tensorboard_tag(key)
-            if tag is None or (tag.startswith("env_stats/") and tag not in self._logged_env_stats and total == 0):
-                continue
-            if tag.startswith("env_stats/"):
-                self._logged_env_stats.add(tag)
-            means[tag] = total / episodes
-        return means
-
-    def _gather(self, obj: Any) -> list:
-        """Every rank's ``obj`` (a picklable object), in rank order."""
-        if self._world_size() == 1:
-            return [obj]
-        gathered: list = [None] * self._world_size()
-        dist.all_gather_object(gathered, obj)
-        return gathered
-
-    def _world_size(self) -> int:
-        return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-    def _all_reduce_sum(self, value: torch.Tensor) -> torch.Tensor:
-        if self._world_size() > 1:
-            value = value.to(self.device)
-            dist.all_reduce(value)
-        return value.cpu()
 
     # -- evaluation (validate, test, and periodic validation during fit) ----------------------------------------
     def validation_step(self, batch: Any, batch_idx: int) -> None:
@@ -403,20 +334,10 @@ class AlignerPPO(L.LightningModule):
         self._play_evaluation("test")
 
     def _play_evaluation(self, stage: str) -> None:
-        """This rank's share of the episodes, on held-out maps disjoint from every other rank's."""
-        world, rank = self.trainer.world_size, self.global_rank
-        share = -(-self.eval_settings.episodes // world)
-        settings = replace(self.eval_settings, episodes=share,
-                           replays=min(self.eval_settings.replays, share) if rank == 0 else 0,
-                           gif=self.eval_settings.gif and rank == 0)
         log_dir = self.trainer.log_dir
         replay_dir = Path(log_dir) / "replays" / f"{stage}_agent_steps={self.agent_steps}" if log_dir else None
-        # Its own generator: evaluating draws nothing from the RNG that training samples with.
-        generator = torch.Generator(device=self.device).manual_seed(settings.seed_base + rank * share)
-        actor = PolicyActor(self.policy, self.device, greedy=settings.greedy, generator=generator)
         dm = self.datamodule
-        self._eval_result = play_episodes(actor, dm.hparams.mission, dm.mission_overrides, settings, replay_dir,
-                                          episode_offset=rank * share)
+        self.evaluation.play(self.policy, self.device, dm.hparams.mission, dm.mission_overrides, replay_dir)
 
     def on_validation_epoch_end(self) -> None:
         self._report_evaluation("validate")
@@ -425,38 +346,15 @@ class AlignerPPO(L.LightningModule):
         self._report_evaluation("test")
 
     def _report_evaluation(self, stage: str) -> None:
-        """Pool the episodes of all ranks, then log each metric's mean (eval/) and standard deviation (eval_std/)
-        over the episodes against agent steps, the GIF of one episode, and print the table."""
-        result, self._eval_result = self._eval_result, None
-        episodes = [e for rank_episodes in self._gather(result.episodes if result else []) for e in rank_episodes]
-        if not episodes:
-            return
-        summary = summarize(episodes)
-        metrics = {f"eval/{k}": mean for k, (mean, _) in summary.items()}
-        metrics.update({f"eval_std/{k}": std for k, (_, std) in summary.items()})
-        self.log_dict(metrics, logger=False, batch_size=1, rank_zero_only=True)  # Lightning's results table
-        if self.global_rank != 0:
-            return
-        if self.logger is not None:
-            self.logger.log_metrics(metrics, step=self.agent_steps)
-            experiment = getattr(self.logger, "experiment", None)
-            if result.frames and isinstance(experiment, SummaryWriter):
-                log_episode_media(experiment, "eval/episode", result.frames, step=self.agent_steps)
-        replays = ", ".join(str(p) for p in result.replay_paths) or "none"
-        rank_zero_info(f"\n{stage} at {self.agent_steps} agent steps, {len(episodes)} episodes "
-                       f"({'greedy' if self.eval_settings.greedy else 'sampled'} actions, map seeds from "
-                       f"{self.eval_settings.seed_base}):\n{format_table(summary, len(episodes))}\nreplays: {replays}")
+        metrics = self.evaluation.report(stage, self.agent_steps, self.logger)
+        if metrics:
+            self.log_dict(metrics, logger=False, batch_size=1, rank_zero_only=True)  # Lightning's results table
 
     # -- checkpoint ----------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Beyond Lightning's state: agent steps, the env interface and batch geometry (checked on resume), and
-        every rank's RNG and env seeding state (Lightning itself saves rank 0's view only)."""
+        """Beyond Lightning's state: agent steps, the env interface, policy and batch geometry (checked on
+        resume). Every rank's RNG and env streams are the DataModule's (``RolloutDataModule.state_dict``)."""
         dm = self.datamodule
-        rank_state = {"rng": capture_rng(), "envs": dm.rollout.seed_state(), "agent_steps": dm.rollout.agent_steps}
-        ranks = [rank_state]
-        if self._world_size() > 1:
-            ranks = [None] * self._world_size()
-            dist.all_gather_object(ranks, rank_state)
         checkpoint["aligner"] = {
             "agent_steps": self.agent_steps,
             "train_seconds": self.train_seconds,
@@ -464,33 +362,15 @@ class AlignerPPO(L.LightningModule):
             "env_interface": dm.env_info.model_dump_json(),
             "policy": canonical(self.policy_spec),
             "geometry": dm.geometry(),
-            "world_size": self._world_size(),
-            "ranks": ranks,
+            "world_size": distributed.world_size(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("aligner", {})
         self.agent_steps = int(state.get("agent_steps", 0))
         self.train_seconds = float(state.get("train_seconds", 0.0))
-        self._pending_rank_state = None
-        ranks = state.get("ranks") or []
-        rank = self.trainer.global_rank if self._trainer is not None else 0
-        if rank < len(ranks) and len(ranks) == self._world_size():
-            self._pending_rank_state = ranks[rank]
         if self.policy is None and "env_interface" in state:  # AlignerPPO.load_from_checkpoint: no trainer
             from mettagrid.policy.policy_env_interface import PolicyEnvInterface
 
             self.policy_spec = state.get("policy") or default_spec()
             self.policy = self._build_policy(PolicyEnvInterface.model_validate_json(state["env_interface"]))
-
-    def _restore_rank_state(self) -> None:
-        """After Lightning's restore and before the first rollout: this rank's RNG, env streams, step count."""
-        state = getattr(self, "_pending_rank_state", None)
-        if state is None:
-            return
-        restore_rng(state["rng"])
-        rollout = self.datamodule.rollout
-        rollout.agent_steps = int(state["agent_steps"])
-        if state["envs"] is not None:
-            rollout.restore_seed_state(state["envs"])
-        self._pending_rank_state = None

@@ -1,9 +1,6 @@
-"""Rollout: act in the vector env with the current policy, fill [segments, horizon] buffers, and hand out
-prioritized minibatches. The only module that steps environments.
-
-Layout (PuffeRL's): the agents of one env batch write in lockstep at column t; row k*N + a holds agent a's
-k-th run of ``horizon`` steps this epoch; when a batch's rows fill it takes the next free rows. Column t
-holds obs_t, a_t, log pi(a_t), V(obs_t), and the reward and terminal returned together with obs_t.
+"""Rollout: act in the vector env with a policy and fill one ``Experience`` (``experience.py`` has the layout).
+The only module that steps environments; the collectors (``collector.py``) drive it in process or in a process
+of their own.
 """
 
 from __future__ import annotations
@@ -11,68 +8,23 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 import torch
 
-from aligner_lightning import algorithm
 from aligner_lightning.envs import reseed_vecenv, restore_vecenv_seed_state, vecenv_seed_state
+from aligner_lightning.experience import Experience
 from aligner_lightning.policy import action_logprob, sample_actions
 from aligner_lightning.policy_spec import RecurrentPolicy, State
-from aligner_lightning.teacher import ScriptedTeacher
+from aligner_lightning.teacher import NO_LABEL, ScriptedTeacher
 
 
-@dataclass
-class Minibatch:
-    """``n`` segments of ``horizon`` steps sampled from the buffer, plus what the loss needs."""
-
-    idx: torch.Tensor  # [n] buffer rows, for the write-back
-    obs: torch.Tensor  # [n, H, T, 3] uint8
-    actions: torch.Tensor  # [n, H]
-    logprobs: torch.Tensor  # [n, H]
-    values: torch.Tensor  # [n, H], V_old as of this minibatch (earlier minibatches may have rewritten it)
-    advantages: torch.Tensor  # [n, H]
-    weights: torch.Tensor  # [n, 1] prioritized-replay importance weights
-    initial_state: State | None = None  # the policy's state at each segment's start, when stored
-    teacher_actions: torch.Tensor | None = None  # [n, H] teacher labels (teacher.NO_LABEL: none), with a teacher
-    teacher_led: torch.Tensor | None = None  # [n, H] bool: the teacher's action was executed
-
-
-class RolloutBuffer:
-    """Preallocated experience for one epoch, written in place every step."""
-
-    def __init__(self, segments: int, horizon: int, obs_shape: tuple[int, ...], device: torch.device,
-                 store_initial_state: bool = False, teacher: bool = False):
-        self.segments, self.horizon = segments, horizon
-        shape = (segments, horizon)
-        self.obs = torch.zeros(*shape, *obs_shape, dtype=torch.uint8, device=device)
-        self.actions = torch.zeros(shape, dtype=torch.long, device=device)
-        self.logprobs = torch.zeros(shape, device=device)
-        self.values = torch.zeros(shape, device=device)
-        self.rewards = torch.zeros(shape, device=device)
-        self.terminals = torch.zeros(shape, device=device)
-        self.ratio = torch.ones(shape, device=device)
-        # Option (off by default, PuffeRL starts every training segment from zeros): each row's policy state at
-        # t=0, allocated at the first rollout from the policy's own state shapes.
-        self.store_initial_state = store_initial_state
-        self.initial_state: State | None = None
-        # With a teacher: its label at every step (its action, or teacher.NO_LABEL), and whether the teacher's
-        # action was the one executed.
-        self.teacher_actions = torch.zeros(shape, dtype=torch.long, device=device) if teacher else None
-        self.teacher_led = torch.zeros(shape, dtype=torch.bool, device=device) if teacher else None
-
-    def initial_state_buffers(self, state: State) -> State | None:
-        """The stored-state buffers, shaped like ``state`` per row; None when the option is off."""
-        if self.store_initial_state and self.initial_state is None:
-            self.initial_state = tuple(torch.zeros(self.segments, *s.shape[1:], dtype=s.dtype, device=s.device)
-                                       for s in state)
-        return self.initial_state
-
-    def write_back(self, idx: torch.Tensor, ratio: torch.Tensor, values: torch.Tensor) -> None:
-        """The step's new ratios and values; the next minibatch's advantages and priorities see them."""
-        self.ratio[idx] = ratio
-        self.values[idx] = values.float()
+def initial_state_buffers(buf: Experience, state: State) -> State | None:
+    """The stored-state buffers of ``buf``, shaped like ``state`` per row, allocated at first use."""
+    if buf.initial_state is None:
+        buf.initial_state = tuple(torch.zeros(buf.segments, *s.shape[1:], dtype=s.dtype, device=s.device)
+                                  for s in state)
+    return buf.initial_state
 
 
 @dataclass
@@ -103,7 +55,8 @@ class EpisodeStats:
 
 
 class Rollout:
-    """Owns the vector env, the buffer and the per-batch LSTM state; ``collect`` runs one epoch's rollout.
+    """Owns the vector env, one ``Experience`` (filled in place by every ``collect``) and each env batch's policy
+    state between steps.
 
     ``teacher`` (optional, ``teacher.ScriptedTeacher``) is called by ``collect`` at every env step while
     ``use_teacher`` is set; see ``teacher.py`` for what the buffer then holds.
@@ -118,10 +71,12 @@ class Rollout:
         self.device = device
         self.total_agents = vecenv.num_agents
         self.agents_per_batch = vecenv.agents_per_batch
-        self.buffer = RolloutBuffer(segments, horizon, vecenv.single_observation_space.shape, device,
-                                    store_initial_state, teacher=teacher is not None)
+        self.buffer = Experience.allocate(segments, horizon, vecenv.single_observation_space.shape, device,
+                                          teacher=teacher is not None)
+        # Option (off by default, PuffeRL starts every training segment from zeros): store each row's policy
+        # state at its first step, so that training replays the segment from it.
+        self.store_initial_state = store_initial_state
         self.teacher = teacher
-        self.teacher_stats: dict[str, float] | None = None  # the latest epoch's, when the teacher ran
         self._led: dict[int, torch.Tensor] = {}  # env batch start -> which of its agents the teacher leads
         self.reset_lstm_on_done = reset_lstm_on_done
         self.reset_envs_each_epoch = reset_envs_each_epoch
@@ -129,7 +84,6 @@ class Rollout:
         self.reward_scale, self.reward_clip = reward_scale, reward_clip
         self.episodes = EpisodeStats()
         self.agent_steps = 0  # this process's env steps, all epochs
-        self.explained_variance = float("nan")  # of the latest epoch's rollout
         self._state: dict[int, State] = {}  # env batch start -> the policy state of its agents
         # On CUDA: one pinned host staging copy per step, so the device copy is a single async transfer.
         # On CPU the env's own array is read in place and copied once, into the buffer.
@@ -144,8 +98,9 @@ class Rollout:
 
     @torch.inference_mode()
     def collect(self, policy: RecurrentPolicy, epoch: int = 0, teacher_led: float = 0.0,
-                use_teacher: bool = False) -> dict[str, float]:
-        """Fill every buffer row with fresh experience. Returns timing for the logs.
+                use_teacher: bool = False) -> Experience:
+        """Fill every row of ``self.buffer`` with fresh experience and return it (the same object every time).
+        ``epoch`` seeds the envs in deterministic mode (``reset_envs_each_epoch``).
 
         With ``use_teacher`` the teacher is asked at every step (its labels are stored), and an agent starting an
         episode is teacher-led for that episode with probability ``teacher_led``.
@@ -164,6 +119,10 @@ class Rollout:
             self.start()
         buf, horizon, device = self.buffer, self.horizon, self.device
         segments = buf.segments
+        steps_before = self.agent_steps
+        if buf.teacher_actions is not None and not use_teacher:  # no labels from an earlier rollout survive
+            buf.teacher_actions.fill_(NO_LABEL)
+            buf.teacher_led.zero_()
         was_training = policy.training
         policy.eval()
         if not self.carry_lstm_state:  # PuffeRL zeroes the LSTM state at every epoch's start
@@ -203,8 +162,8 @@ class Rollout:
                 state = self._state[start] = policy.initial_state(n, device)
             t = col_of.setdefault(start, 0)
             row = row_of.setdefault(start, start)
-            if t == 0 and buf.store_initial_state and row < segments:
-                for buffer, s in zip(buf.initial_state_buffers(state), state):
+            if t == 0 and self.store_initial_state and row < segments:
+                for buffer, s in zip(initial_state_buffers(buf, state), state):
                     buffer[row:row + n] = s
             tp = time.perf_counter()
             logits, value, new_state = policy.step(obs, state)
@@ -244,13 +203,17 @@ class Rollout:
             env_time += time.perf_counter() - te
         policy.train(was_training)
         total = time.perf_counter() - t0
-        timing = {"rollout_time": total, "env_time": env_time, "policy_time": policy_time}
+        buf.timing = {"rollout_time": total, "env_time": env_time, "policy_time": policy_time}
+        buf.teacher_stats = None
         if self.teacher is not None:
-            timing["teacher_time"] = self.teacher.seconds - teacher_seconds
+            buf.timing["teacher_time"] = self.teacher.seconds - teacher_seconds
             led, labelled, agree = (float(x) for x in teacher_counts.tolist())
-            self.teacher_stats = ({"steps": float(teacher_steps), "led": led, "labelled": labelled, "agree": agree}
-                                  if use_teacher else None)
-        return timing
+            if use_teacher:
+                buf.teacher_stats = {"steps": float(teacher_steps), "led": led, "labelled": labelled, "agree": agree}
+        buf.teacher_led_fraction = teacher_led if use_teacher else 0.0
+        buf.agent_steps = self.agent_steps - steps_before
+        buf.episode_sums, buf.episodes = self.episodes.pop()
+        return buf
 
     def _teach(self, start: int, env_id: np.ndarray, done: np.ndarray, logits: torch.Tensor, action: torch.Tensor,
                logprob: torch.Tensor, led_fraction: float) -> tuple[torch.Tensor, ...]:
@@ -278,32 +241,6 @@ class Rollout:
             action = torch.where(led, teacher_action, action)
             logprob = action_logprob(logits, action)
         return action, logprob, torch.from_numpy(label_np).to(self.device), led
-
-    def minibatches(self, num_minibatches: int, minibatch_segments: int, algo, beta: float) -> Iterator[Minibatch]:
-        """Yield prioritized minibatches lazily: each is drawn after the previous one's write-back."""
-        buf = self.buffer
-        buf.ratio.fill_(1.0)
-        order = torch.empty(0, dtype=torch.long, device=buf.obs.device)  # segments still to visit, in pass order
-        for i in range(num_minibatches):
-            with torch.no_grad():
-                adv = algorithm.puff_advantage(buf.values, buf.rewards, buf.terminals, buf.ratio, algo.gamma,
-                                               algo.gae_lambda, algo.vtrace_rho_clip, algo.vtrace_c_clip)
-                if i == 0:  # the standard explained variance, on the rollout's own values (before write-backs)
-                    self.explained_variance = float(algorithm.explained_variance(buf.values, adv + buf.values))
-                if algo.sampling == "sequential":  # every segment once per pass, random order, unit weights
-                    while len(order) < minibatch_segments:  # a pass ends inside a minibatch: the next one follows
-                        order = torch.cat([order, torch.randperm(buf.segments, device=buf.obs.device)])
-                    idx, order = order[:minibatch_segments], order[minibatch_segments:]
-                    weights = torch.ones(len(idx), 1, device=buf.obs.device)
-                else:
-                    probs = algorithm.segment_probabilities(adv, algo.prio_alpha)
-                    idx, weights = algorithm.sample_segments(probs, minibatch_segments, beta)
-            state = None if buf.initial_state is None else tuple(s[idx] for s in buf.initial_state)
-            teacher = {} if buf.teacher_actions is None else {"teacher_actions": buf.teacher_actions[idx],
-                                                              "teacher_led": buf.teacher_led[idx]}
-            yield Minibatch(idx=idx, obs=buf.obs[idx], actions=buf.actions[idx], logprobs=buf.logprobs[idx],
-                            values=buf.values[idx], advantages=adv[idx], weights=weights, initial_state=state,
-                            **teacher)
 
     def seed_state(self) -> list[dict] | None:
         return vecenv_seed_state(self.vecenv)

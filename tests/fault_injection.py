@@ -43,7 +43,7 @@ class RaiseAtEpoch(L.Callback):
 
 class DDPProbe(L.Callback):
     """Records, per rank, what the DDP test checks: env seeds, the episodes this rank finished (per epoch), and
-    that all ranks hold identical weights after every step."""
+    that all ranks hold identical weights after every epoch's update."""
 
     def __init__(self, out_dir: str):
         self.out_dir = out_dir

@@ -12,7 +12,7 @@ import pytest
 from helpers import DEBUG, EPOCH_STEPS, ROOT, TRAINED_EPOCHS, run_main, scalars
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from aligner_lightning import cli, module
+from aligner_lightning import cli, evaluation
 from aligner_lightning.envs import METRICS
 
 LOSSES = ("policy_loss", "value_loss", "entropy", "approx_kl", "old_approx_kl", "clipfrac", "importance",
@@ -63,9 +63,9 @@ def test_periodic_evaluation_during_fit(trained_run):
 
 
 def printed_tables(monkeypatch) -> list[str]:
-    """What the module prints through Lightning's rank-zero logger (the evaluation tables), as it is printed."""
+    """What evaluation prints through Lightning's rank-zero logger (the tables), as it is printed."""
     printed: list[str] = []
-    monkeypatch.setattr(module, "rank_zero_info", printed.append)
+    monkeypatch.setattr(evaluation, "rank_zero_info", printed.append)
     return printed
 
 

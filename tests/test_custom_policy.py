@@ -130,8 +130,6 @@ def test_a_protocol_policy_trains_through_rollout_and_loss(tmp_path):
     dm.rollout.collect(policy)  # carried: the second rollout's first segments start from a nonzero state
     (stored,) = dm.rollout.buffer.initial_state
     assert stored.shape == (32, 32) and stored[:8].abs().sum() > 0
-    batch = next(dm.rollout.minibatches(1, 16, module.algo, beta=0.2))
-    assert len(batch.initial_state) == 1 and batch.initial_state[0].shape == (16, 32)
     dm.teardown("fit")
 
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,

@@ -14,11 +14,11 @@ import yaml
 from helpers import ROOT, run_main
 from puffer_reference import HYPERPARAMETERS, cogames_train_args, our_defaults, seed_config
 
-from aligner_lightning.algorithm import LossConfig
+from aligner_lightning.algorithm import AlgoConfig, LossConfig
 from aligner_lightning.datamodule import RolloutDataModule
 from aligner_lightning.envs import EnvFactory
 from aligner_lightning.episodes import EvalSettings
-from aligner_lightning.module import AlgoConfig, AlignerPPO
+from aligner_lightning.module import AlignerPPO
 from aligner_lightning.policy_spec import canonical, spec_of
 from aligner_lightning.rollout import Rollout
 

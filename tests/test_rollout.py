@@ -1,10 +1,12 @@
-"""The rollout's options (off by default, so the parity tests do not reach them) and its episode bookkeeping."""
+"""The rollout's options (off by default, so the parity tests do not reach them), the segment sampler's options,
+and the episode bookkeeping."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from aligner_lightning.algorithm import SegmentSampler
 from aligner_lightning.datamodule import RolloutDataModule
 from aligner_lightning.module import AlignerPPO
 from aligner_lightning.policy import AlignerPolicy
@@ -43,29 +45,31 @@ def test_reward_scale_and_clip_are_applied_to_the_stored_rewards():
     torch.testing.assert_close(collect(datamodule(), 1).buffer.rewards, raw.clamp(-1, 1), rtol=0, atol=0)
 
 
+def draws(sampling: str, segments: int, per_minibatch: int, minibatches: int,
+          advantages: torch.Tensor | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``minibatches`` draws of ``per_minibatch`` of ``segments`` rows (advantages: zeros, 16 steps)."""
+    adv = torch.zeros(segments, 16) if advantages is None else advantages
+    sampler = SegmentSampler(AlignerPPO(sampling=sampling).algo, segments, per_minibatch, beta=0.5, device=CPU)
+    return [sampler.draw(adv) for _ in range(minibatches)]
+
+
 def test_sequential_sampling_visits_every_segment_once_per_pass():
     dm = datamodule(update_epochs=3)
-    rollout = dm.make_rollout(CPU)
-    algo = AlignerPPO(sampling="sequential").algo
-    batches = list(rollout.minibatches(dm.num_minibatches, dm.minibatch_segments, algo, beta=0.5))
-    rollout.close()
+    batches = draws("sequential", dm.segments, dm.minibatch_segments, dm.num_minibatches)
     per_pass = dm.segments // dm.minibatch_segments
     assert len(batches) == 3 * per_pass == 12
-    orders = [torch.cat([b.idx for b in batches[p * per_pass:(p + 1) * per_pass]]) for p in range(3)]
+    orders = [torch.cat([idx for idx, _ in batches[p * per_pass:(p + 1) * per_pass]]) for p in range(3)]
     for order in orders:
         assert sorted(order.tolist()) == list(range(dm.segments))
     assert not torch.equal(orders[0], orders[1])  # a fresh random order each pass
-    assert all(torch.equal(b.weights, torch.ones(dm.minibatch_segments, 1)) for b in batches)
+    assert all(torch.equal(w, torch.ones(dm.minibatch_segments, 1)) for _, w in batches)
 
 
 def test_prioritized_sampling_draws_distinct_segments_with_importance_weights():
-    dm = datamodule()
-    rollout = dm.make_rollout(CPU)
-    rollout.buffer.rewards.normal_(generator=torch.Generator().manual_seed(0))  # nonuniform advantages
-    (first, *_) = rollout.minibatches(dm.num_minibatches, dm.minibatch_segments, AlignerPPO().algo, beta=0.5)
-    rollout.close()
-    assert len(set(first.idx.tolist())) == dm.minibatch_segments
-    assert first.weights.shape == (dm.minibatch_segments, 1) and not torch.allclose(first.weights, first.weights[0])
+    adv = torch.randn(32, 16, generator=torch.Generator().manual_seed(0))  # nonuniform priorities
+    ((idx, weights),) = draws("prioritized", 32, 8, 1, adv)
+    assert len(set(idx.tolist())) == 8
+    assert weights.shape == (8, 1) and not torch.allclose(weights, weights[0])
 
 
 @pytest.mark.parametrize("carry", [False, True])
@@ -99,12 +103,8 @@ def test_episode_stats_count_a_missing_stat_as_zero():
 def test_sequential_sampling_when_a_pass_ends_inside_a_minibatch():
     """32 segments in minibatches of 12: the draws run through one random pass after another, so every 32
     consecutive draws are each segment once (the old slicing restarted mid-pass and repeated segments)."""
-    dm = datamodule()
-    rollout = dm.make_rollout(CPU)
-    algo = AlignerPPO(sampling="sequential").algo
-    batches = list(rollout.minibatches(8, 12, algo, beta=0.5))  # 96 draws = 3 passes
-    rollout.close()
-    assert all(len(b.idx) == 12 for b in batches)
-    drawn = torch.cat([b.idx for b in batches])
+    batches = draws("sequential", 32, 12, 8)  # 96 draws = 3 passes
+    assert all(len(idx) == 12 for idx, _ in batches)
+    drawn = torch.cat([idx for idx, _ in batches])
     for p in range(3):
         assert sorted(drawn[p * 32:(p + 1) * 32].tolist()) == list(range(32))

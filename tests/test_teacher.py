@@ -88,7 +88,7 @@ def test_teacher_actions_are_the_scripted_teams_run_directly():
             np.testing.assert_array_equal(agent_sequence(buf.teacher_actions, i * AGENTS + a).numpy(), labels[:, a])
     labelled = (buf.teacher_actions >= 0)
     assert 0 < int(labelled.sum()) < labelled.numel()  # smoke's 5 junctions are all aligned before step 96
-    stats = rollout.teacher_stats
+    stats = rollout.buffer.teacher_stats
     assert stats["led"] == stats["steps"] == buf.actions.numel() and stats["labelled"] == int(labelled.sum())
     rollout.close()
 
@@ -159,9 +159,9 @@ def test_teacher_led_steps_are_masked_out_of_the_ppo_loss():
 def test_the_teacher_is_not_called_when_off():
     rollout, factory = smoke_rollout(segments_per_agent=1)
     rollout.collect(policy_for(factory))
-    assert rollout.teacher.env_steps == 0 and rollout.teacher_stats is None
+    assert rollout.teacher.env_steps == 0 and rollout.buffer.teacher_stats is None
     rollout.collect(policy_for(factory), use_teacher=True)  # BC only: every env asked, no agent led
-    assert rollout.teacher.env_steps == NUM_ENVS * HORIZON and rollout.teacher_stats["led"] == 0
+    assert rollout.teacher.env_steps == NUM_ENVS * HORIZON and rollout.buffer.teacher_stats["led"] == 0
     rollout.close()
 
 
