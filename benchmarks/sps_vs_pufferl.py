@@ -1,11 +1,14 @@
-"""Side-by-side training speed: PuffeRL 3.0.23 (the notebook's loop and net) vs our Lightning trainer.
+"""Side-by-side training speed: PuffeRL 3.0.23 (the notebook's loop and net) vs our Lightning trainer, in sync
+mode and in async mode (``data.collector async``).
 
 Same mission, same config (the seed's: 4 envs x 4 agents, batch 4096, CNN+LSTM), same machine. Each trainer
-runs in its own subprocess per round, alternating, so neither inherits the other's caches and the peak RSS of
-each is its own. Prints per-round numbers, the medians, the ratio, and our rollout-only and train-only
-agent-steps/s next to the env-only ceiling.
+runs in its own subprocess per round, alternating, so neither inherits the other's caches. Peak memory counts
+every process of a run: the trainer's peak RSS plus its children's (the async collector). Prints per-round
+numbers, the medians, the ratios, and our rollout-only and train-only agent-steps/s next to the env-only
+ceiling.
 
     python benchmarks/sps_vs_pufferl.py --rounds 3 --epochs 12
+    python benchmarks/sps_vs_pufferl.py --kinds pufferl sync --rounds 3   # a subset
 """
 
 from __future__ import annotations
@@ -25,10 +28,14 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from env_throughput import time_serial  # noqa: E402  (the env-only ceiling: Serial x 4, random actions)
+from sweep import cpu_model  # noqa: E402
+
+KINDS = ("pufferl", "sync", "async")
 
 
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak RSS plus its children's (the largest child's; the async collector is the only one)."""
+    return sum(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024
 
 
 def run_pufferl(epochs: int, threads: int, mission: str) -> dict:
@@ -55,27 +62,31 @@ def run_pufferl(epochs: int, threads: int, mission: str) -> dict:
     return {"sps": 4096 * len(steady) / sum(steady), "peak_rss_mb": _peak_rss_mb()}
 
 
-def run_ours(epochs: int, threads: int, mission: str) -> dict:
+def run_ours(epochs: int, threads: int, mission: str, collector: str = "sync") -> dict:
+    """``collector="async"``: the learner and the collector process get one torch thread each (2 cores)."""
     import lightning as L
 
     from aligner_lightning.datamodule import RolloutDataModule
     from aligner_lightning.module import AlignerPPO
 
     L.seed_everything(42, verbose=False)
-    module = AlignerPPO(total_timesteps=4096 * epochs, torch_threads=threads)
-    dm = RolloutDataModule(mission=mission)
+    learner_threads = threads if collector == "sync" else max(1, threads // 2)
+    module = AlignerPPO(total_timesteps=4096 * epochs, torch_threads=learner_threads)
+    dm = RolloutDataModule(mission=mission, collector=collector, collector_threads=max(1, threads // 2))
     epoch_times, rollout, train, env, policy = [], [], [], [], []
 
     class Timer(L.Callback):
         def on_train_epoch_start(self, *_):
             self.t0 = time.perf_counter()
 
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            rollout.append(batch.timing["rollout_time"])
+            env.append(batch.timing["env_time"])
+            policy.append(batch.timing["policy_time"])
+
         def on_train_epoch_end(self, *_):
             epoch_times.append(time.perf_counter() - self.t0)
-            rollout.append(module._timing["rollout_time"])
-            env.append(module._timing["env_time"])
-            policy.append(module._timing["policy_time"])
-            train.append(epoch_times[-1] - rollout[-1])
+            train.append(epoch_times[-1] - rollout[-1] if collector == "sync" else epoch_times[-1])
 
     trainer = L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, accelerator="cpu", callbacks=[Timer()], limit_val_batches=0)
@@ -93,6 +104,7 @@ def run_ours(epochs: int, threads: int, mission: str) -> dict:
 
 
 def _subprocess(kind: str, epochs: int, threads: int, mission: str) -> dict:
+    """Runs ``kind`` (pufferl, sync, async) in a fresh interpreter."""
     cmd = [sys.executable, __file__, "--worker", kind, "--epochs", str(epochs), "--threads", str(threads),
            "--mission", mission]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONWARNINGS": "ignore"})
@@ -107,33 +119,40 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=12, help="epochs of 4096 agent steps per trainer per round")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for both trainers")
     parser.add_argument("--mission", default="aligner_tutorial")
-    parser.add_argument("--worker", choices=["pufferl", "ours"], help=argparse.SUPPRESS)
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS), help="trainers to time")
+    parser.add_argument("--worker", choices=KINDS, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.worker:
-        fn = run_pufferl if args.worker == "pufferl" else run_ours
-        print(json.dumps(fn(args.epochs, args.threads, args.mission)))
+        if args.worker == "pufferl":
+            result = run_pufferl(args.epochs, args.threads, args.mission)
+        else:
+            result = run_ours(args.epochs, args.threads, args.mission, collector=args.worker)
+        print(json.dumps(result))
         return
 
-    results: dict[str, list[dict]] = {"pufferl": [], "ours": []}
+    results: dict[str, list[dict]] = {kind: [] for kind in args.kinds}
     for r in range(args.rounds):
-        for kind in ("pufferl", "ours"):
+        for kind in args.kinds:
             res = _subprocess(kind, args.epochs, args.threads, args.mission)
             results[kind].append(res)
             print(f"round {r + 1} {kind:8s} " + " ".join(f"{k}={v:,.0f}" for k, v in res.items()), flush=True)
     med = {k: {m: statistics.median(x[m] for x in v) for m in v[0]} for k, v in results.items()}
     ceiling = time_serial(args.mission, 3000, 4)
-    print(f"\nmission={args.mission} epochs/round={args.epochs} rounds={args.rounds} torch_threads={args.threads}")
-    print(f"PuffeRL  median SPS {med['pufferl']['sps']:8,.0f}   peak RSS {med['pufferl']['peak_rss_mb']:6,.0f} MB")
-    print(f"ours     median SPS {med['ours']['sps']:8,.0f}   peak RSS {med['ours']['peak_rss_mb']:6,.0f} MB")
-    print(f"ratio ours / PuffeRL: {med['ours']['sps'] / med['pufferl']['sps']:.2f}x")
-    print(f"ours rollout-only {med['ours']['rollout_sps']:,.0f} SPS, train-only {med['ours']['train_sps']:,.0f} SPS; "
+    print(f"\nCPU: {cpu_model()}")
+    print(f"mission={args.mission} epochs/round={args.epochs} rounds={args.rounds} torch_threads={args.threads}")
+    for kind, m in med.items():
+        ratio = f"   {m['sps'] / med['pufferl']['sps']:.2f}x PuffeRL" if "pufferl" in med and kind != "pufferl" else ""
+        print(f"{kind:8s} median SPS {m['sps']:8,.0f}   peak RSS (all processes) {m['peak_rss_mb']:6,.0f} MB{ratio}")
+    if "sync" not in med:
+        return
+    sync = med["sync"]
+    print(f"sync rollout-only {sync['rollout_sps']:,.0f} SPS, train-only {sync['train_sps']:,.0f} SPS; "
           f"env-only ceiling (Serial, 4 envs, random actions) {ceiling:,.0f} SPS "
-          f"-> rollout at {med['ours']['rollout_sps'] / ceiling:.0%} of it")
-    print(f"ours per rollout step (16 agents): env {med['ours']['env_us_per_step']:,.0f} us, policy forward + "
-          f"sampling {med['ours']['policy_us_per_step']:,.0f} us, "
-          f"rest {1e6 * 16 / med['ours']['rollout_sps'] - med['ours']['env_us_per_step'] - med['ours']['policy_us_per_step']:,.0f} us")
-
+          f"-> rollout at {sync['rollout_sps'] / ceiling:.0%} of it")
+    rest = 1e6 * 16 / sync["rollout_sps"] - sync["env_us_per_step"] - sync["policy_us_per_step"]
+    print(f"sync per rollout step (16 agents): env {sync['env_us_per_step']:,.0f} us, policy forward + "
+          f"sampling {sync['policy_us_per_step']:,.0f} us, rest {rest:,.0f} us")
 
 if __name__ == "__main__":
     main()
