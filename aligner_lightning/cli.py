@@ -10,12 +10,12 @@ On top of LightningCLI:
 from __future__ import annotations
 
 import sys
-import warnings
 from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
+from aligner_lightning.allocator import keep_freed_memory
 from aligner_lightning.checkpoints import (check_resumable, checkpoint_policy_spec, read_checkpoint, resolve_last,
                                            run_root)
 from aligner_lightning.datamodule import RolloutDataModule
@@ -24,8 +24,6 @@ from aligner_lightning.missions import MissionError
 from aligner_lightning.module import AlignerPPO
 from aligner_lightning.policy_spec import canonical, describe
 
-# We fetch minibatches inside training_step on purpose (no prefetch, see datamodule.py); Lightning warns about it.
-warnings.filterwarnings("ignore", message=".*dataloader_iter.*")
 
 
 class AlignerCLI(LightningCLI):
@@ -113,6 +111,7 @@ def cli_main(args: list[str] | None = None) -> AlignerCLI:
 
 
 def main() -> None:
+    keep_freed_memory()  # before the first large allocation; ALIGNER_MALLOPT=0 skips it
     try:
         cli_main()
     except (ConfigError, MissionError, CheckpointError) as err:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from aligner_lightning.allocator import keep_freed_memory
 from aligner_lightning.envs import EnvFactory, make_vecenv
 from aligner_lightning.errors import CollectorError
 from aligner_lightning.experience import Experience
@@ -270,6 +271,7 @@ def _serve(conn, recipe: RolloutRecipe, env_info, threads: int, seed: int, paren
     """The collector process: rollout k with the weights of update max(first, k - 1), sent as it finishes."""
     _die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    keep_freed_memory()  # as the trainer does (cli.main)
     torch.set_num_threads(threads)
     random.seed(seed)
     np.random.seed(seed % 2**32)

@@ -14,7 +14,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import pufferlib.vector as pvector
-from lightning.pytorch.utilities import rank_zero_info
 from mettagrid.config.mettagrid_config import MettaGridConfig
 from mettagrid.envs.early_reset_handler import EarlyResetHandler
 from mettagrid.envs.mettagrid_puffer_env import MettaGridPufferEnv
@@ -24,6 +23,7 @@ from mettagrid.simulator import Simulator, SimulatorEventHandler
 from pufferlib.pufferlib import set_buffers
 
 from aligner_lightning import stats
+from aligner_lightning.log import rank_zero_info
 from aligner_lightning.missions import make_mission
 from aligner_lightning.missions.aligner import GEAR
 

@@ -7,34 +7,58 @@ unchanged (``cogames ... -p class=tutorial,data=W.pt``). Its widths are argument
 maths:
 
 - the first convolution reads the tokens directly (a sparse product) instead of a dense 13 x 13 grid;
-- single-step inference (``step``) reads a packed, pre-transposed copy of the weights (one matrix product for
-  both LSTM gates' inputs, one for both heads), rebuilt whenever a parameter changes, instead of a length-1
-  ``nn.LSTM``.
+- single-step inference (``step``) reads a copy of the weights laid out for its matrix-product kernel (one
+  product for both LSTM gates' inputs, one for both heads), rebuilt whenever a parameter changes, instead of a
+  length-1 ``nn.LSTM``. Which kernel is fastest depends on the CPU, so on CPU the first step at each batch size
+  times them all and keeps the fastest; ``ALIGNER_STEP_KERNEL=packed|linear|mkldnn|auto`` (default ``auto``)
+  forces one.
 
 ``AlignerPolicy`` follows the protocol every trainable policy follows (``aligner_lightning.policy_spec``).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import os
+import statistics
+import time
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from aligner_lightning.log import rank_zero_info
+
 PAD_LOCATION = 0xFF
+
+STEP_KERNEL_ENV = "ALIGNER_STEP_KERNEL"
+
+# The step's matrix-product kernels, each x @ W^T + b: (lay out W [out, in] once, the product). At a rollout's
+# small batch the product is bound by reading the weights, and which layout reads fastest differs between CPUs
+# (on an Intel Xeon "packed", on an AMD EPYC "linear" and "mkldnn"). All three are float32 products.
+_KERNELS: dict[str, tuple[Callable, Callable]] = {
+    "packed": (lambda w: w.t().contiguous(), lambda x, w, b: torch.addmm(b, x, w)),  # [in, out]: x @ W
+    "linear": (lambda w: w.contiguous(), F.linear),  # [out, in]
+}
+if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"):
+    # oneDNN's inner product on weights reordered once into its blocked layout (what inductor's CPU backend
+    # runs for float32 linear layers). CPU only.
+    _KERNELS["mkldnn"] = (torch.ops.mkldnn._reorder_linear_weight,
+                          lambda x, w, b: torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], ""))
+_chosen_kernel: dict[tuple, str] = {}  # (device, batch, dtype, autocast, widths) -> the fastest, timed once
 
 
 class _StepWeights(NamedTuple):
-    """The weights of ``step`` laid out for row-major products at small batch (``x @ W``, ``W`` contiguous)."""
+    """The weights of ``step`` in one kernel's layout (``x @ W^T + b`` via ``product``)."""
 
     key: tuple
-    conv1: torch.Tensor  # [features * 9, 64]
-    cnn_fc: torch.Tensor  # [cnn_out, 256]
-    self_encoder: torch.Tensor  # [features, 256]
-    lstm: torch.Tensor  # [in + hidden, 4 * hidden]: [W_ih | W_hh]^T, so one product gives all four gates
+    product: Callable  # (x, weight, bias) -> x @ W^T + bias, for the weights below
+    conv1: torch.Tensor  # [features * 9, 64], for the sparse first convolution whatever the kernel
+    cnn_fc: torch.Tensor  # W [256, cnn_out]
+    self_encoder: torch.Tensor  # W [256, features]
+    lstm: torch.Tensor  # W [4 * hidden, in + hidden]: [W_ih | W_hh], so one product gives all four gates
     lstm_bias: torch.Tensor  # [4 * hidden]: b_ih + b_hh
-    heads: torch.Tensor  # [hidden, A + 1]: the action head's rows, then the value head's
+    heads: torch.Tensor  # W [A + 1, hidden]: the action head's rows, then the value head's
     heads_bias: torch.Tensor
 
 
@@ -181,30 +205,85 @@ class AlignerPolicy(nn.Module):
         zeros = torch.zeros(batch, self.hidden_size, device=device)
         return zeros, zeros.clone()
 
-    def _step_weights(self) -> _StepWeights:
-        """The packed weights, rebuilt when any parameter was replaced or written in place since the last call
-        (an optimizer step, ``load_state_dict``, a device move)."""
+    def _step_weights(self, kernel: str, cache: bool = True) -> _StepWeights:
+        """The weights in ``kernel``'s layout, rebuilt when the kernel changed or any parameter was replaced or
+        written in place since the last call (an optimizer step, ``load_state_dict``, a device move)."""
         params = (self._cnn[0].weight, self._cnn_fc.weight, self._self_encoder.weight, self._rnn.weight_ih_l0,
                   self._rnn.weight_hh_l0, self._rnn.bias_ih_l0, self._rnn.bias_hh_l0, self._action_head.weight,
                   self._action_head.bias, self._value_head.weight, self._value_head.bias)
-        key = tuple((p.data_ptr(), p._version, p.dtype) for p in params)
+        key = (kernel, *((p.data_ptr(), p._version, p.dtype) for p in params))
         packed = self.__dict__.get("_packed")
         if packed is not None and packed.key == key:
             return packed
+        layout, product = _KERNELS[kernel]
         rnn, action, value = self._rnn, self._action_head, self._value_head
         with torch.no_grad():
             packed = _StepWeights(
                 key=key,
+                product=product,
                 conv1=self._conv1_kernel().contiguous(),
-                cnn_fc=self._cnn_fc.weight.t().contiguous(),
-                self_encoder=self._self_encoder.weight.t().contiguous(),
-                lstm=torch.cat([rnn.weight_ih_l0, rnn.weight_hh_l0], 1).t().contiguous(),
+                cnn_fc=layout(self._cnn_fc.weight),
+                self_encoder=layout(self._self_encoder.weight),
+                lstm=layout(torch.cat([rnn.weight_ih_l0, rnn.weight_hh_l0], 1)),
                 lstm_bias=rnn.bias_ih_l0 + rnn.bias_hh_l0,
-                heads=torch.cat([action.weight, value.weight]).t().contiguous(),
+                heads=layout(torch.cat([action.weight, value.weight])),
                 heads_bias=torch.cat([action.bias, value.bias]),
             )
-        self.__dict__["_packed"] = packed  # not a buffer: never saved, rebuilt on demand
+        if cache:
+            self.__dict__["_packed"] = packed  # not a buffer: never saved, rebuilt on demand
         return packed
+
+    def __getstate__(self):
+        # The step's weights are derived (and oneDNN's blocked copies can be neither pickled nor deep-copied).
+        state = super().__getstate__()
+        state.pop("_packed", None)
+        return state
+
+    def step_kernels(self, device: torch.device) -> list[str]:
+        """The kernels ``step`` can use on ``device`` with this dtype and autocast state."""
+        # oneDNN's kernel here is a float32 CPU product that autocast does not know: offered only where it is used.
+        fp32 = self._rnn.weight_ih_l0.dtype == torch.float32 and not torch.is_autocast_enabled(device.type)
+        return [k for k in _KERNELS if k != "mkldnn" or (device.type == "cpu" and fp32)]
+
+    def step_kernel(self, obs: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]) -> str:
+        """The matrix-product kernel ``step`` uses for this batch: ``$ALIGNER_STEP_KERNEL`` if set (not ``auto``);
+        ``linear`` off the CPU; on CPU the fastest on this batch, timed at the first step of each batch size."""
+        device, kernels = obs.device, self.step_kernels(obs.device)
+        forced = os.environ.get(STEP_KERNEL_ENV) or "auto"
+        if forced != "auto":
+            if forced not in kernels:
+                raise ValueError(f"{STEP_KERNEL_ENV}={forced!r}: must be auto or one of {', '.join(kernels)} here")
+            return forced
+        if device.type != "cpu":
+            return "linear"  # kernel launches, not weight reads, dominate: no timing needed
+        where = (str(device), obs.shape[0], self._rnn.weight_ih_l0.dtype, torch.is_autocast_enabled("cpu"),
+                 self._cnn_fc.weight.shape, self._rnn.weight_ih_l0.shape, self._action_head.weight.shape)
+        if where not in _chosen_kernel:
+            _chosen_kernel[where] = self._time_step_kernels(kernels, obs, state)
+        return _chosen_kernel[where]
+
+    def _time_step_kernels(self, kernels: list[str], obs: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor],
+                           repeats: int = 7, budget_s: float = 0.3) -> str:
+        """Times the whole step with each kernel on this batch (after one warm-up call each) and returns the
+        fastest. The kernels take turns, so each call finds its weights out of the L2 cache, as a rollout step
+        does after the env's step, and a busy machine's slow moments fall on all of them alike. Stops after
+        ``repeats`` rounds, or after 3 once ``budget_s`` is spent (a large batch, an overloaded machine)."""
+        weights = {name: self._step_weights(name, cache=False) for name in kernels}
+        times: dict[str, list[float]] = {name: [] for name in kernels}
+        begin = time.perf_counter()
+        for i in range(repeats + 1):
+            for name, w in weights.items():
+                start = time.perf_counter()
+                self._step(w, obs, state)
+                if i:  # the first round warms up
+                    times[name].append(time.perf_counter() - start)
+            if i >= 3 and time.perf_counter() - begin > budget_s:
+                break
+        ms = {name: statistics.median(t) * 1e3 for name, t in times.items()}
+        best = min(ms, key=ms.get)
+        timings = ", ".join(f"{name} {t:.2f} ms" for name, t in sorted(ms.items(), key=lambda kv: kv[1]))
+        rank_zero_info(f"rollout step kernel: {best} ({timings}) at batch {obs.shape[0]} on {_cpu_name()}")
+        return best
 
     @torch.no_grad()
     def step(
@@ -216,20 +295,23 @@ class AlignerPolicy(nn.Module):
         The same function as ``forward`` over one step (to float rounding), with fewer, larger operations: at a
         rollout's batch of 16 the cost is per-operation overhead and reading the LSTM's weights (8 MB at 512).
         """
+        return self._step(self._step_weights(self.step_kernel(obs, state)), obs, state)
+
+    def _step(self, w: _StepWeights, obs: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]
+              ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         h, c = state
         hs = self.hidden_size
-        w = self._step_weights()
         loc, feat, value = self._decode(obs)
         x = self._cnn[1:](self._first_conv(loc, feat, value, w.conv1))
         center = value.new_zeros(loc.shape[0], self.num_features)
         center.scatter_add_(1, feat, value * (loc == self.center_location))
-        xh = torch.cat([torch.addmm(self._cnn_fc.bias, x, w.cnn_fc).relu_(),
-                        torch.addmm(self._self_encoder.bias, center, w.self_encoder).relu_(), h], dim=1)
-        gates = torch.addmm(w.lstm_bias, xh, w.lstm)  # PyTorch's gate order: input, forget, cell, output
+        xh = torch.cat([w.product(x, w.cnn_fc, self._cnn_fc.bias).relu_(),
+                        w.product(center, w.self_encoder, self._self_encoder.bias).relu_(), h], dim=1)
+        gates = w.product(xh, w.lstm, w.lstm_bias)  # PyTorch's gate order: input, forget, cell, output
         sig = gates.sigmoid()
         c = sig[:, hs:2 * hs] * c + sig[:, :hs] * gates[:, 2 * hs:3 * hs].tanh()
         h = sig[:, 3 * hs:] * c.tanh()
-        heads = torch.addmm(w.heads_bias, h, w.heads)
+        heads = w.product(h, w.heads, w.heads_bias)
         return heads[:, :self.num_actions], heads[:, self.num_actions], (h, c)
 
     def forward(
@@ -244,6 +326,15 @@ class AlignerPolicy(nn.Module):
         hx = None if state is None else (state[0].unsqueeze(0), state[1].unsqueeze(0))
         hidden, _ = self._rnn(x, hx)
         return self._action_head(hidden), self._value_head(hidden).squeeze(-1)
+
+
+def _cpu_name() -> str:
+    """The CPU's model name (Linux), for the kernel choice's log line."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return "this CPU"
 
 
 def _log_softmax(logits: torch.Tensor) -> torch.Tensor:

@@ -1,17 +1,19 @@
 """Where the network's time goes, and what each speed change bought: cogames' TutorialPolicyNet (what PuffeRL
 runs: dense 13x13 token grid, a length-1 nn.LSTM per rollout step) against our AlignerPolicy (tokens fed to
-the first convolution directly, a packed-weight step per rollout step), on real aligner observations.
+the first convolution directly, a step on pre-laid-out weights per rollout step), on real aligner observations.
 
     python benchmarks/profile_policy.py [--threads 2] [--ops] [--hidden-sizes 128 256 512]
 
-Prints the CPU model and milliseconds per call (median of repeats): the network variants at the tutorial width,
-then our rollout step and training pass for each LSTM hidden size; with --ops, the top torch-profiler ops of our
-training pass.
+Prints the CPU model and milliseconds per call (median of repeats): our rollout step with each of its
+matrix-product kernels at 16 and 64 agents and the one ``ALIGNER_STEP_KERNEL=auto`` chooses on this machine, the
+network variants at the tutorial width, then our rollout step and training pass for each LSTM hidden size; with
+--ops, the top torch-profiler ops of our training pass.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -83,13 +85,22 @@ def main() -> None:
 
     print(f"{cpu_model()}; torch threads {args.threads}; rollout step = 16 agents, training pass = 64 segments x "
           "64 steps")
+    os.environ["ALIGNER_STEP_KERNEL"] = "auto"  # what a run does by default, whatever the shell sets
     with torch.inference_mode():
+        for batch in (16, 64):
+            obs = frames[:batch // 4].reshape(batch, 200, 3).contiguous()  # batch / 4 envs x 4 agents
+            batch_state = ours.initial_state(batch)
+            for kernel in ours.step_kernels(obs.device):
+                w = ours._step_weights(kernel, cache=False)
+                ms = timed(lambda: ours._step(w, obs, batch_state), 7, 50)
+                print(f"{f'rollout step, {batch} agents, kernel {kernel}':<58} {ms:9.2f} ms")
+            print(f"{f'rollout step, {batch} agents: auto chooses':<58} {ours.step_kernel(obs, batch_state):>9}")
         rows = [
             ("rollout step: cogames net (grid + conv, nn.LSTM x1)",
              timed(lambda: theirs(step_obs, {"lstm_h": h, "lstm_c": c}), 7, 50)),
             ("rollout step: ours, but nn.LSTM x1", timed(ours_step_with_nn_lstm, 7, 50)),
             ("rollout step: ours, but lstm_cell on the nn.LSTM weights", timed(ours_step_with_lstm_cell, 7, 50)),
-            ("rollout step: ours (token conv, packed weights)", timed(lambda: ours.step(step_obs, state), 7, 50)),
+            ("rollout step: ours (token conv, auto's kernel)", timed(lambda: ours.step(step_obs, state), 7, 50)),
             ("  of which first conv: cogames grid + conv", timed(lambda: theirs._cnn[0](theirs._tokens_to_grid(step_obs)), 7, 50)),
             ("  of which first conv: ours from tokens", timed(lambda: ours._first_conv(*ours._decode(step_obs)), 7, 50)),
         ]

@@ -3,7 +3,8 @@ mode and in async mode (``data.collector async``).
 
 Same mission, same config (the seed's: 4 envs x 4 agents, batch 4096, CNN+LSTM), same machine. Each trainer
 runs in its own subprocess per round, alternating, so neither inherits the other's caches. Peak memory counts
-every process of a run: the trainer's peak RSS plus its children's (the async collector). Prints per-round
+every process of a run (the trainer and the async collector): the peak of their summed PSS, sampled every
+0.25 s, and the sum of their peak RSS (an upper bound that counts shared libraries twice). Prints per-round
 numbers, the medians, the ratios, and our rollout-only and train-only agent-steps/s next to the env-only
 ceiling.
 
@@ -20,6 +21,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -34,8 +36,47 @@ KINDS = ("pufferl", "sync", "async")
 
 
 def _peak_rss_mb() -> float:
-    """This process's peak RSS plus its children's (the largest child's; the async collector is the only one)."""
+    """This process's peak RSS plus its children's (the largest child's; the async collector is the only one).
+    An upper bound: pages of shared libraries (torch's are ~0.5 GB) count once per process."""
     return sum(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024
+
+
+class PssSampler(threading.Thread):
+    """The peak, over the run, of the summed proportional set size of this process and its children: shared
+    pages split between the processes that map them, so nothing counts twice (Linux /proc/*/smaps_rollup)."""
+
+    def __init__(self, interval: float = 0.25):
+        super().__init__(daemon=True)
+        self.interval, self.peak_kb, self._stop_event = interval, 0, threading.Event()
+
+    @staticmethod
+    def _pss_kb(pid: int) -> int:
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+        except OSError:
+            pass
+        return 0
+
+    def _tree(self) -> list[int]:
+        me, pids = os.getpid(), [os.getpid()]
+        for entry in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                if int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1]) == me:
+                    pids.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                pass
+        return pids
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval):
+            self.peak_kb = max(self.peak_kb, sum(self._pss_kb(pid) for pid in self._tree()))
+
+    def stop(self) -> float:
+        self._stop_event.set()
+        self.join()
+        return self.peak_kb / 1024
 
 
 def run_pufferl(epochs: int, threads: int, mission: str) -> dict:
@@ -124,10 +165,13 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.worker:
+        sampler = PssSampler()
+        sampler.start()
         if args.worker == "pufferl":
             result = run_pufferl(args.epochs, args.threads, args.mission)
         else:
             result = run_ours(args.epochs, args.threads, args.mission, collector=args.worker)
+        result["peak_pss_mb"] = sampler.stop()
         print(json.dumps(result))
         return
 
@@ -143,7 +187,8 @@ def main() -> None:
     print(f"mission={args.mission} epochs/round={args.epochs} rounds={args.rounds} torch_threads={args.threads}")
     for kind, m in med.items():
         ratio = f"   {m['sps'] / med['pufferl']['sps']:.2f}x PuffeRL" if "pufferl" in med and kind != "pufferl" else ""
-        print(f"{kind:8s} median SPS {m['sps']:8,.0f}   peak RSS (all processes) {m['peak_rss_mb']:6,.0f} MB{ratio}")
+        print(f"{kind:8s} median SPS {m['sps']:8,.0f}   peak memory of all processes: PSS {m['peak_pss_mb']:6,.0f} MB, "
+              f"RSS {m['peak_rss_mb']:6,.0f} MB{ratio}")
     if "sync" not in med:
         return
     sync = med["sync"]

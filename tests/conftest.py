@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,10 @@ from aligner_lightning.envs import EnvFactory, env_interface
 sys.path.insert(0, str(ROOT / "benchmarks"))
 # The tests' networks and batches are small: one torch thread is as fast, and cannot oversubscribe a busy machine.
 torch.set_num_threads(1)
+# One rollout-step kernel for every run the suite compares across processes: "auto" times the kernels at start-up
+# and may choose differently from one process to the next, which changes the float rounding. test_policy.py runs
+# each kernel, and auto, itself.
+os.environ.setdefault("ALIGNER_STEP_KERNEL", "packed")
 
 
 @pytest.fixture(scope="session")

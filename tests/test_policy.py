@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
+
 import pytest
 import torch
 from cogames.policy.tutorial_policy import TutorialPolicyNet
 
-from aligner_lightning import algorithm
+from aligner_lightning import algorithm, policy as policy_module
 from aligner_lightning.module import AlignerPPO
-from aligner_lightning.policy import AlignerPolicy, logprob_and_entropy, sample_actions
+from aligner_lightning.policy import STEP_KERNEL_ENV, AlignerPolicy, logprob_and_entropy, sample_actions
+
+KERNELS = list(policy_module._KERNELS)  # packed, linear and, where torch has oneDNN, mkldnn
+
+
+@pytest.fixture(params=KERNELS)
+def step_kernel(request, monkeypatch) -> str:
+    """Runs the test once with each of ``step``'s matrix-product kernels, forced as a user forces one."""
+    monkeypatch.setenv(STEP_KERNEL_ENV, request.param)
+    return request.param
 
 
 def _pair(info):
@@ -54,8 +66,8 @@ def test_sequence_forward_matches_cogames(aligner_info, aligner_obs):
     torch.testing.assert_close(values.reshape(-1), ref_values.reshape(-1), rtol=0, atol=1e-6)
 
 
-def test_single_step_matches_cogames_recurrence(aligner_info, aligner_obs):
-    """The rollout's packed-weight step, stepped through time, equals cogames' nn.LSTM with carried state."""
+def test_single_step_matches_cogames_recurrence(aligner_info, aligner_obs, step_kernel):
+    """The rollout's step, with each kernel, stepped through time, equals cogames' nn.LSTM with carried state."""
     ours, theirs = _pair(aligner_info)
     n = aligner_obs.shape[1]
     ours_state = ours.initial_state(n)
@@ -102,7 +114,7 @@ def _one_step_via_forward(policy, obs, h, c):
     return logits[:, 0], values[:, 0]
 
 
-def test_step_follows_every_weight_change(aligner_info, aligner_obs):
+def test_step_follows_every_weight_change(aligner_info, aligner_obs, step_kernel):
     """``step`` reads a packed copy of the weights; it must see optimizer steps, load_state_dict and in-place
     edits, or the rollout would act with stale weights."""
     policy, _ = _pair(aligner_info)
@@ -135,6 +147,47 @@ def test_step_follows_every_weight_change(aligner_info, aligner_obs):
         policy._value_head.bias.add_(1.0)
         policy._rnn.weight_hh_l0.mul_(0.5)
     check()
+    assert policy._packed.key[0] == step_kernel
+
+
+def test_auto_kernel_is_timed_once_per_batch_size_and_logged(aligner_info, aligner_obs, monkeypatch):
+    """``auto`` times every kernel at the first step of a batch size, logs the choice in one line and keeps it."""
+    monkeypatch.setenv(STEP_KERNEL_ENV, "auto")
+    monkeypatch.setattr(policy_module, "_chosen_kernel", {})
+    lines = []
+    monkeypatch.setattr(policy_module, "rank_zero_info", lines.append)
+    policy, _ = _pair(aligner_info)
+    obs, n = aligner_obs[3], aligner_obs.shape[1]
+    state = (torch.randn(n, 512) * 0.1, torch.randn(n, 512) * 0.1)
+    with torch.no_grad():
+        ref_logits, ref_value = _one_step_via_forward(policy, obs, *state)
+    with torch.inference_mode():
+        for _ in range(3):
+            logits, value, _ = policy.step(obs, state)
+        policy.step(obs[:2], (state[0][:2], state[1][:2]))
+    torch.testing.assert_close(logits, ref_logits, rtol=0, atol=1e-5)
+    torch.testing.assert_close(value, ref_value, rtol=0, atol=1e-5)
+    assert len(lines) == 2, lines  # batch n, then batch 2
+    chosen = policy_module._chosen_kernel[next(iter(policy_module._chosen_kernel))]
+    assert lines[0].startswith(f"rollout step kernel: {chosen} (") and f"at batch {n} on " in lines[0]
+    assert all(f"{k} " in lines[0] and " ms" in lines[0] for k in KERNELS)
+
+
+def test_bad_kernel_name_is_refused(aligner_info, aligner_obs, monkeypatch):
+    monkeypatch.setenv(STEP_KERNEL_ENV, "fastest")
+    policy, _ = _pair(aligner_info)
+    with pytest.raises(ValueError, match="ALIGNER_STEP_KERNEL='fastest': must be auto or one of packed, linear"):
+        policy.step(aligner_obs[0], policy.initial_state(aligner_obs.shape[1]))
+
+
+def test_policy_copies_and_pickles_after_steps(aligner_info, aligner_obs, step_kernel):
+    """The step's weights (oneDNN's cannot be copied) stay out of deep copies and pickles."""
+    policy, _ = _pair(aligner_info)
+    state = policy.initial_state(aligner_obs.shape[1])
+    logits, _, _ = policy.step(aligner_obs[0], state)
+    for clone in (copy.deepcopy(policy), pickle.loads(pickle.dumps(policy))):
+        assert "_packed" not in clone.__dict__
+        torch.testing.assert_close(clone.step(aligner_obs[0], state)[0], logits, rtol=0, atol=0)
 
 
 def test_sampling_and_evaluation_agree():
@@ -150,7 +203,7 @@ def test_sampling_and_evaluation_agree():
 
 
 @pytest.mark.parametrize("widths", [dict(hidden_size=128), dict(hidden_size=96, conv_channels=(16, 32), encoder_width=48)])
-def test_widths_shape_every_layer_and_step_equals_forward(aligner_info, aligner_obs, widths):
+def test_widths_shape_every_layer_and_step_equals_forward(aligner_info, aligner_obs, widths, step_kernel):
     """Every shape follows from the widths, and the packed step still equals the sequence forward."""
     torch.manual_seed(0)
     policy = AlignerPolicy(aligner_info, **widths).eval()
