@@ -281,7 +281,7 @@ def _serve(conn, recipe: RolloutRecipe, env_info, threads: int, seed: int, paren
         rollout = recipe.build(torch.device("cpu"))
         copy = _PolicyCopy(env_info, torch.device("cpu"))
         update: PolicyUpdate | None = None
-        epoch = None  # the epoch the next rollout is for
+        first = epoch = 0  # the first update's version; the epoch the next rollout is for
         while True:
             # Messages arrive in order; read only up to the weights this rollout needs, never ahead.
             while update is None or update.version < max(first, epoch - 1):
@@ -291,9 +291,9 @@ def _serve(conn, recipe: RolloutRecipe, env_info, threads: int, seed: int, paren
                 if message[0] == "restore":
                     _restore(rollout, message[1], rng_key="collector_rng")
                     continue
+                if update is None:
+                    first = epoch = message[1].version
                 update = message[1]
-                if epoch is None:
-                    first = epoch = update.version
             policy = copy.load(update)
             experience = _collect(rollout, policy, recipe, update, epoch)
             # A copy: the next rollout refills the buffer while the learner still trains on this one.
