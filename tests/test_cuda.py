@@ -1,10 +1,11 @@
-"""CUDA checks (skipped without a GPU): the advantage on the device, and one update equal to the CPU's."""
+"""CUDA checks (skipped without a GPU): the advantage on the device, one update equal to the CPU's, and whole
+fits on the GPU with the sync collector (rollout on the GPU) and the async one (collector on CPU)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from helpers import random_observations
+from helpers import EPOCH_STEPS, load, random_observations, tb_points, train, write_config
 
 from aligner_lightning import algorithm
 from aligner_lightning.module import AlignerPPO
@@ -46,3 +47,18 @@ def test_loss_and_gradients_on_cuda_match_cpu(smoke_factory):
     torch.testing.assert_close(loss_of(gpu_policy, "cuda").cpu(), loss_of(cpu_policy, "cpu"), rtol=1e-4, atol=1e-5)
     for (name, p_cpu), p_gpu in zip(cpu_policy.named_parameters(), gpu_policy.parameters()):
         torch.testing.assert_close(p_gpu.grad.cpu(), p_cpu.grad, rtol=1e-3, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("collector", ["sync", "async"])
+def test_fit_on_cuda(tmp_path, collector):
+    cfg = write_config(tmp_path, 3, evaluation=False, deterministic=False)
+    for precision in ("32-true", "bf16-mixed"):
+        run = f"{collector}_{precision}"
+        code, _, err = train(cfg, tmp_path, "--run_name", run, "--trainer.accelerator", "gpu", "--trainer.precision",
+                             precision, "--data.collector", collector)
+        assert code == 0, err[-3000:]
+        ckpt = load(tmp_path / "lightning_logs" / run / "checkpoints/last.ckpt")
+        assert ckpt["aligner"]["agent_steps"] == 3 * EPOCH_STEPS
+        assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+        lag = [v for _, v in tb_points(tmp_path / "lightning_logs" / run, "performance/policy_lag")]
+        assert lag == ([0, 0, 0] if collector == "sync" else [0, 1, 1])
