@@ -13,6 +13,7 @@ from helpers import EPOCH_STEPS, TRAINED_EPOCHS, finish, launch, leftovers, load
 
 from aligner_lightning.collector import PolicyUpdate, ProcessCollector
 from aligner_lightning.datamodule import RolloutDataModule
+from aligner_lightning.errors import CollectorError
 from aligner_lightning.policy import AlignerPolicy, logprob_and_entropy
 from aligner_lightning.policy_spec import canonical, default_spec
 
@@ -112,3 +113,15 @@ def test_async_refuses_what_it_cannot_do(tmp_path):
     with pytest.raises(ValueError, match="data.collector='later': must be one of sync, async"):
         RolloutDataModule(mission="smoke", num_envs=2, bptt_horizon=16, batch_size=512, minibatch_size=256,
                           collector="later")
+
+
+def test_an_exception_in_the_collector_is_raised_in_the_trainer_with_its_traceback():
+    dm = RolloutDataModule(mission="smoke", num_envs=2, bptt_horizon=16, batch_size=512, minibatch_size=256)
+    collector = ProcessCollector(dm.recipe(), dm.env_info, threads=1, seed=3)
+    broken = {"class_path": "aligner_lightning.policy.NoSuchPolicy", "init_args": {}}  # fails in the collector
+    collector.publish(PolicyUpdate(0, {}, broken, agent_steps=0, teacher_labels=False))
+    with pytest.raises(CollectorError, match="(?s)collector process failed.*Traceback.*NoSuchPolicy"):
+        collector.next_rollout()
+    process = collector._proc
+    collector.close()
+    assert not process.is_alive()
