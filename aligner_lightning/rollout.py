@@ -65,7 +65,7 @@ class Rollout:
     def __init__(self, vecenv, segments: int, horizon: int, device: torch.device, *, store_initial_state: bool,
                  reset_lstm_on_done: bool, reset_envs_each_epoch: bool, carry_lstm_state: bool, reward_scale: float,
                  reward_clip: float, teacher: ScriptedTeacher | None):
-        """The options are ``RolloutDataModule``'s arguments of the same names (``make_rollout`` passes them)."""
+        """The options are ``RolloutDataModule``'s arguments of the same names (``RolloutRecipe.build`` passes them)."""
         self.vecenv = vecenv
         self.horizon = horizon
         self.device = device
