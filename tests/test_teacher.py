@@ -275,6 +275,15 @@ def test_the_schedules_reach_zero_and_the_teacher_stops(schedule_run):
     assert set(by_epoch("teacher/agreement")) == set(by_epoch("losses/bc_loss")) == set(range(12))
 
 
+def test_the_async_collector_runs_the_teacher_one_update_behind(monkeypatch, tmp_path):
+    """The teacher runs in the collector process. Rollout k acts with the weights of update k - 1, so it follows
+    the schedules as of 512 (k - 1) agent steps: the teacher still runs in epoch 12 (BC ends at 6144 = 512 x 12)."""
+    logged = fit_on_smoke(monkeypatch, tmp_path, 14, [*SCHEDULE, "--data.collector", "async"])
+    seconds = {s // 512 - 1: v for s, v in logged["performance/teacher_time"]}
+    assert [epoch for epoch in range(14) if seconds[epoch] > 0] == list(range(13))
+    assert logged["teacher/led_fraction"][0][1] > 0.2 and "teacher/agreement" in logged
+
+
 def test_behaviour_cloning_raises_agreement(monkeypatch, tmp_path):
     logged = fit_on_smoke(monkeypatch, tmp_path, 12, CLONING)
     agreement = [v for _, v in logged["teacher/agreement"]]
