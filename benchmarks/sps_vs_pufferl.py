@@ -4,7 +4,7 @@ mode and in async mode (``data.collector async``).
 Same mission, same config (the seed's: 4 envs x 4 agents, batch 4096, CNN+LSTM), same machine. Each trainer
 runs in its own subprocess per round, alternating, so neither inherits the other's caches. Peak memory counts
 every process of a run (the trainer and the async collector): the peak of their summed PSS, sampled every
-0.25 s, and the sum of their peak RSS (an upper bound that counts shared libraries twice). Prints per-round
+second (reading a process's PSS costs CPU time, which the async run, using both cores, feels), and the sum of their peak RSS (an upper bound that counts shared libraries twice). Prints per-round
 numbers, the medians, the ratios, and our rollout-only and train-only agent-steps/s next to the env-only
 ceiling.
 
@@ -45,7 +45,7 @@ class PssSampler(threading.Thread):
     """The peak, over the run, of the summed proportional set size of this process and its children: shared
     pages split between the processes that map them, so nothing counts twice (Linux /proc/*/smaps_rollup)."""
 
-    def __init__(self, interval: float = 0.25):
+    def __init__(self, interval: float = 1.0):
         super().__init__(daemon=True)
         self.interval, self.peak_kb, self._stop_event = interval, 0, threading.Event()
 
