@@ -25,7 +25,6 @@ from aligner_lightning.module import AlignerPPO
 from aligner_lightning.policy_spec import canonical, describe
 
 
-
 class AlignerCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--run_name", type=str | None, default=None,

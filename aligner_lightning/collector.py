@@ -89,11 +89,9 @@ class RolloutRecipe:
 def _collect(rollout: Rollout, policy: torch.nn.Module, recipe: RolloutRecipe, update: PolicyUpdate,
              epoch: int) -> Experience:
     """One rollout with ``policy`` (holding ``update``'s weights), the teacher as the schedule says."""
-    if rollout.teacher is None:
-        experience = rollout.collect(policy, epoch)
-    else:
-        led = linear_anneal(recipe.teacher_led_start, recipe.teacher_led_steps, update.agent_steps)
-        experience = rollout.collect(policy, epoch, teacher_led=led, use_teacher=led > 0 or update.teacher_labels)
+    led = linear_anneal(recipe.teacher_led_start, recipe.teacher_led_steps, update.agent_steps)
+    use_teacher = rollout.teacher is not None and (led > 0 or update.teacher_labels)
+    experience = rollout.collect(policy, epoch, teacher_led=led, use_teacher=use_teacher)
     experience.policy_version = update.version
     return experience
 
@@ -126,10 +124,6 @@ class InProcessCollector:
         self._copy = _PolicyCopy(env_info, device)
         self._update: PolicyUpdate | None = None
         self._pending: dict | None = None
-
-    @property
-    def policy(self) -> torch.nn.Module | None:
-        return self._copy.policy
 
     def publish(self, update: PolicyUpdate) -> None:
         self._copy.load(update)
@@ -193,7 +187,6 @@ class ProcessCollector:
         self._learner_rng: dict | None = None  # a resumed run's, restored before the first rollout
         self._published = False
         self.rollout = None  # the envs live in the other process
-        self.policy = None
 
     def publish(self, update: PolicyUpdate) -> None:
         # A copy: the pipe shares tensors' memory, and the learner's parameters change in place.
@@ -297,7 +290,7 @@ def _serve(conn, recipe: RolloutRecipe, env_info, threads: int, seed: int, paren
             policy = copy.load(update)
             experience = _collect(rollout, policy, recipe, update, epoch)
             # A copy: the next rollout refills the buffer while the learner still trains on this one.
-            sent = Experience(**{k: _clone(v) for k, v in vars(experience).items()})
+            sent = experience.map_tensors(torch.clone)
             conn.send(("rollout", sent, _snapshot(rollout, rng=True)))
             epoch += 1
     except Exception:
@@ -308,13 +301,3 @@ def _serve(conn, recipe: RolloutRecipe, env_info, threads: int, seed: int, paren
     finally:
         if rollout is not None:
             rollout.close()
-
-
-def _clone(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.clone()
-    if isinstance(value, tuple):
-        return tuple(v.clone() for v in value)
-    if isinstance(value, dict):
-        return dict(value)
-    return value

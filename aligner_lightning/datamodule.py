@@ -271,9 +271,9 @@ class RolloutDataModule(L.LightningDataModule):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Called on resume after ``setup`` and before the first rollout."""
-        ranks = state.get("ranks") or []
         if self.collector is None:
             return
+        ranks = state.get("ranks") or []
         if len(ranks) != distributed.world_size():
             rank_zero_warn("the checkpoint holds no env streams for this run's ranks: the envs start from their "
                            "first maps again and the RNG is not restored")

@@ -11,6 +11,7 @@ for the next minibatch's advantages), so the tensors belong to the update until 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from typing import Callable
 
 import torch
 
@@ -65,16 +66,19 @@ class Experience:
     def horizon(self) -> int:
         return self.obs.shape[1]
 
+    def map_tensors(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "Experience":
+        """A new experience with ``fn`` applied to every tensor (the stored states' too); the rest is shared."""
+        def apply(value):
+            if isinstance(value, torch.Tensor):
+                return fn(value)
+            if isinstance(value, tuple):
+                return tuple(fn(v) for v in value)
+            return value
+
+        return Experience(**{f.name: apply(getattr(self, f.name)) for f in fields(self)})
+
     def to(self, device: torch.device) -> "Experience":
         """The same experience with its tensors on ``device`` (itself when they are there already)."""
         if self.obs.device == torch.device(device):
             return self
-        moved = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, torch.Tensor):
-                value = value.to(device, non_blocking=True)
-            elif f.name == "initial_state" and value is not None:
-                value = tuple(s.to(device, non_blocking=True) for s in value)
-            moved[f.name] = value
-        return Experience(**moved)
+        return self.map_tensors(lambda t: t.to(device, non_blocking=True))

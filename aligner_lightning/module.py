@@ -290,7 +290,7 @@ class AlignerPPO(L.LightningModule):
     def _publish_policy(self, version: int) -> None:
         """The one hand-off to the DataModule: the weights after ``version`` updates."""
         self.datamodule.publish_policy(PolicyUpdate(
-            version=version, weights=self.policy.state_dict(), spec=canonical(self.policy_spec),
+            version=version, weights=self.policy.state_dict(), spec=self.policy_spec,
             agent_steps=self.agent_steps, teacher_labels=self.bc_coef() > 0))
 
     def _diverged(self, what: str) -> None:

@@ -237,6 +237,7 @@ class AlignerPolicy(nn.Module):
         # The step's weights are derived (and oneDNN's blocked copies can be neither pickled nor deep-copied).
         state = super().__getstate__()
         state.pop("_packed", None)
+        state.pop("_kernel_memo", None)
         return state
 
     def step_kernels(self, device: torch.device) -> list[str]:
@@ -248,8 +249,20 @@ class AlignerPolicy(nn.Module):
     def step_kernel(self, obs: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]) -> str:
         """The matrix-product kernel ``step`` uses for this batch: ``$ALIGNER_STEP_KERNEL`` if set (not ``auto``);
         ``linear`` off the CPU; on CPU the fastest on this batch, timed at the first step of each batch size."""
+        # Every rollout step asks: answer from the last decision while nothing it depends on has changed.
+        device, forced = obs.device, os.environ.get(STEP_KERNEL_ENV)
+        memo_key = (obs.shape[0], device, forced, self._rnn.weight_ih_l0.dtype, torch.is_autocast_enabled(device.type))
+        memo = self.__dict__.get("_kernel_memo")
+        if memo is not None and memo[0] == memo_key:
+            return memo[1]
+        kernel = self._choose_step_kernel(obs, state, forced)
+        self.__dict__["_kernel_memo"] = (memo_key, kernel)
+        return kernel
+
+    def _choose_step_kernel(self, obs: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor],
+                            forced: str | None) -> str:
         device, kernels = obs.device, self.step_kernels(obs.device)
-        forced = os.environ.get(STEP_KERNEL_ENV) or "auto"
+        forced = forced or "auto"
         if forced != "auto":
             if forced not in kernels:
                 raise ValueError(f"{STEP_KERNEL_ENV}={forced!r}: must be auto or one of {', '.join(kernels)} here")

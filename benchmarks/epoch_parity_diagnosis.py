@@ -59,15 +59,15 @@ def main() -> None:
     recording: list[Recorder] = []
     real_collect, real_multinomial = Rollout.collect, torch.multinomial
 
-    def collect(self, policy, epoch):
-        timing = real_collect(self, policy, epoch)
+    def collect(self, policy, epoch, **options):
+        experience = real_collect(self, policy, epoch, **options)
         snapshot["buffer"] = {k: getattr(self.buffer, k).clone() for k in ("obs", "actions", "logprobs", "values",
                                                                             "rewards", "terminals")}
         snapshot["weights"] = {k: v.clone() for k, v in policy.state_dict().items()}
         torch.manual_seed(1234)
         snapshot["rng"] = torch.get_rng_state()
         recording.append(ours)
-        return timing
+        return experience
 
     def multinomial(probs, *a, **k):
         out = real_multinomial(probs, *a, **k)

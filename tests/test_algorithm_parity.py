@@ -74,8 +74,8 @@ def check_epoch_update_matches_pufferl_train(monkeypatch, max_minibatch_size: in
     snapshot, draws = {}, {"ours": [], "puffer": []}
     real_collect, real_multinomial = Rollout.collect, torch.multinomial
 
-    def collect_and_snapshot(self, policy, epoch):
-        timing = real_collect(self, policy, epoch)
+    def collect_and_snapshot(self, policy, epoch, **options):
+        experience = real_collect(self, policy, epoch, **options)
         buf = self.buffer
         snapshot["buffer"] = {k: getattr(buf, k).clone() for k in ("obs", "actions", "logprobs", "values",
                                                                     "rewards", "terminals")}
@@ -83,7 +83,7 @@ def check_epoch_update_matches_pufferl_train(monkeypatch, max_minibatch_size: in
         torch.manual_seed(1234)
         snapshot["rng"] = torch.get_rng_state()
         draws["current"] = draws["ours"]
-        return timing
+        return experience
 
     def recording_multinomial(probs, *args, **kwargs):
         out = real_multinomial(probs, *args, **kwargs)
