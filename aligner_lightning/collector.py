@@ -165,7 +165,8 @@ def _restore(rollout: Rollout, state: dict[str, Any], rng_key: str = "rng") -> N
 
 
 class ProcessCollector:
-    """``async``: a spawned process collects the next rollout while the learner trains.
+    """``async``: a process of its own (forked or spawned: ``start_method``) collects the next rollout while the
+    learner trains.
 
     The process dies with the trainer (``PR_SET_PDEATHSIG``, so even after a SIGKILL), ignores SIGINT (the
     trainer handles Ctrl-C and stops it), and sends any exception's traceback back, where ``next_rollout``
@@ -177,7 +178,7 @@ class ProcessCollector:
     """
 
     def __init__(self, recipe: RolloutRecipe, env_info, threads: int, seed: int):
-        ctx = torch.multiprocessing.get_context("spawn")  # no fork: the parent's OpenMP pool does not survive it
+        ctx = torch.multiprocessing.get_context(start_method(threads))
         self._conn, child_conn = ctx.Pipe()
         self._proc = ctx.Process(target=_serve, args=(child_conn, recipe, env_info, threads, seed, os.getpid()),
                                  daemon=True, name="aligner-collector")
@@ -249,6 +250,26 @@ class ProcessCollector:
             raise CollectorError(f"the collector process is gone (exit code {self._proc.exitcode})") from err
 
 
+START_METHOD_ENV = "ALIGNER_COLLECTOR_START"
+
+
+def start_method(threads: int) -> str:
+    """How the collector process starts. ``fork`` shares the learner's pages (torch's own ~270 MB of
+    initialised memory, the imported modules) copy-on-write, where ``spawn`` builds them again; but after the
+    learner has run OpenMP kernels, a forked child that runs them on more than one thread hangs, and a CUDA
+    context does not survive a fork. So: fork for a one-thread collector of a learner that has not touched CUDA,
+    spawn otherwise. ``ALIGNER_COLLECTOR_START=fork|spawn`` forces one."""
+    forced = os.environ.get(START_METHOD_ENV, "auto")
+    if forced not in ("auto", "fork", "spawn"):
+        raise ValueError(f"{START_METHOD_ENV}={forced!r}: use auto, fork or spawn")
+    if forced == "fork" and threads != 1:
+        raise ValueError(f"{START_METHOD_ENV}=fork needs data.collector_threads=1 (got {threads}): a forked "
+                         "collector on more threads hangs in OpenMP; use spawn or one thread")
+    if forced != "auto":
+        return forced
+    return "fork" if threads == 1 and not torch.cuda.is_initialized() else "spawn"
+
+
 def _die_with_parent(parent_pid: int) -> None:
     """Linux: the kernel kills this process when its parent dies, however the parent dies."""
     try:
@@ -264,6 +285,7 @@ def _serve(conn, recipe: RolloutRecipe, env_info, threads: int, seed: int, paren
     """The collector process: rollout k with the weights of update max(first, k - 1), sent as it finishes."""
     _die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked child inherits the trainer's handler
     keep_freed_memory()  # as the trainer does (cli.main)
     torch.set_num_threads(threads)
     random.seed(seed)

@@ -1,5 +1,5 @@
-"""Rank-zero logging without importing Lightning, for the modules the async collector process imports (it
-stays lean: no Lightning in that process). Lightning itself logs through ``lightning.pytorch``'s logger."""
+"""Rank-zero logging without importing Lightning, for the modules the async collector process imports (a
+spawned one stays lean: no Lightning in that process). Lightning itself logs through ``lightning.pytorch``'s logger."""
 
 from __future__ import annotations
 

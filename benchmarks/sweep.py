@@ -158,8 +158,18 @@ class Job:
 
 
 class Runner:
-    def __init__(self, sweep: Sweep, parallel: int, dry_run: bool):
+    def __init__(self, sweep: Sweep, parallel: int, dry_run: bool, variants: list[str] | None = None,
+                 seeds: list[int] | None = None):
         self.sweep, self.parallel, self.dry_run = sweep, parallel, dry_run
+        unknown = set(variants or []) - set(sweep.variants)
+        if unknown:
+            raise SystemExit(f"--variants: {sorted(unknown)} not in {sweep.name}'s variants {list(sweep.variants)}")
+        if set(seeds or []) - set(sweep.seeds):
+            raise SystemExit(f"--seeds: {sorted(set(seeds) - set(sweep.seeds))} not in {sweep.name}'s seeds "
+                             f"{sweep.seeds}; add them to the sweep file first")
+        # The subset this invocation works on; the CSV and plot still cover the whole sweep.
+        self.variants = variants or list(sweep.variants)
+        self.seeds = seeds or sweep.seeds
         self.csv_path = RESULTS / f"{sweep.name}.csv"
         self.running: list[Job] = []
         self.stopping = False
@@ -193,7 +203,7 @@ class Runner:
     def next_job(self) -> Job | None:
         s = self.sweep
         done = self.evaluated()
-        order = [(v, seed) for seed in s.seeds for v in s.variants]
+        order = [(v, seed) for seed in self.seeds for v in self.variants]
         for v, seed in order:  # evaluations first: they are short and make results appear early
             ckpt_dir = s.run_dir(v, seed) / "checkpoints"
             for ckpt in sorted(ckpt_dir.glob("epoch=*.ckpt"), key=lambda p: int(p.name.split("=")[1].split("-")[0])):
@@ -364,9 +374,11 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=2, help="processes at a time (default 2)")
     parser.add_argument("--plot-only", action="store_true", help="redraw the plot from the CSV and exit")
     parser.add_argument("--dry-run", action="store_true", help="print the next commands and exit")
+    parser.add_argument("--variants", nargs="+", metavar="NAME", help="work on these variants only")
+    parser.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="work on these seeds only")
     args = parser.parse_args()
     sweep = Sweep.load(args.sweep)
-    runner = Runner(sweep, args.parallel, args.dry_run)
+    runner = Runner(sweep, args.parallel, args.dry_run, args.variants, args.seeds)
     if args.plot_only:
         plot(sweep, runner.csv_path)
         return

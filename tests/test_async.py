@@ -11,7 +11,7 @@ import pytest
 import torch
 from helpers import EPOCH_STEPS, TRAINED_EPOCHS, finish, launch, leftovers, load, tb_points, train, write_config
 
-from aligner_lightning.collector import PolicyUpdate, ProcessCollector
+from aligner_lightning.collector import START_METHOD_ENV, PolicyUpdate, ProcessCollector, start_method
 from aligner_lightning.datamodule import RolloutDataModule
 from aligner_lightning.errors import CollectorError
 from aligner_lightning.policy import AlignerPolicy, logprob_and_entropy
@@ -25,14 +25,9 @@ def async_config(tmp_path: Path, epochs: int, callbacks: list[dict] | None = Non
     return write_config(tmp_path, epochs, callbacks, evaluation=False, deterministic=False)
 
 
-def test_rollout_k_acts_with_the_weights_after_update_k_minus_1():
-    """Driven by hand: rollouts 0 and 1 act with the initial weights, rollout 2 with those published after the
-    first update. Checked on the logged log-probs themselves: each agent's first segment starts from the zero
-    state, so the network that acted reproduces them exactly, and the other one does not."""
-    dm = RolloutDataModule(mission="smoke", num_envs=2, bptt_horizon=16, batch_size=512, minibatch_size=256)
+def collect_three(dm: RolloutDataModule, nets: list[torch.nn.Module]) -> list:
+    """Three rollouts from a fresh collector, publishing ``nets[k]`` before asking for rollout k."""
     spec = canonical(default_spec())
-    torch.manual_seed(0)
-    nets = [AlignerPolicy(dm.env_info) for _ in range(3)]
     collector = ProcessCollector(dm.recipe(), dm.env_info, threads=1, seed=3)
     try:
         experiences = []
@@ -41,6 +36,24 @@ def test_rollout_k_acts_with_the_weights_after_update_k_minus_1():
             experiences.append(collector.next_rollout())
     finally:
         collector.close()
+    return experiences
+
+
+def test_rollout_k_acts_with_the_weights_after_update_k_minus_1(monkeypatch):
+    """Driven by hand: rollouts 0 and 1 act with the initial weights, rollout 2 with those published after the
+    first update. Checked on the logged log-probs themselves: each agent's first segment starts from the zero
+    state, so the network that acted reproduces them exactly, and the other one does not. A forked and a
+    spawned collector with the same seed collect the same rollouts."""
+    dm = RolloutDataModule(mission="smoke", num_envs=2, bptt_horizon=16, batch_size=512, minibatch_size=256)
+    torch.manual_seed(0)
+    nets = [AlignerPolicy(dm.env_info) for _ in range(3)]
+    monkeypatch.setenv(START_METHOD_ENV, "fork")
+    experiences = collect_three(dm, nets)
+    monkeypatch.setenv(START_METHOD_ENV, "spawn")
+    spawned = collect_three(dm, nets)
+    for a, b in zip(experiences, spawned):
+        for name in ("obs", "actions", "logprobs", "values", "rewards"):
+            assert torch.equal(getattr(a, name), getattr(b, name)), name
     agents = dm.total_agents
 
     def first_segment_logprobs(net, exp):
@@ -113,6 +126,24 @@ def test_async_refuses_what_it_cannot_do(tmp_path):
     with pytest.raises(ValueError, match="data.collector='later': must be one of sync, async"):
         RolloutDataModule(mission="smoke", num_envs=2, bptt_horizon=16, batch_size=512, minibatch_size=256,
                           collector="later")
+
+
+def test_the_collector_forks_only_where_a_fork_is_safe(monkeypatch):
+    monkeypatch.delenv(START_METHOD_ENV, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    assert start_method(1) == "fork"  # shares the trainer's pages
+    assert start_method(2) == "spawn"  # a forked child hangs in OpenMP on more than one thread
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    assert start_method(1) == "spawn"  # a CUDA context does not survive a fork
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    monkeypatch.setenv(START_METHOD_ENV, "spawn")
+    assert start_method(1) == "spawn"
+    monkeypatch.setenv(START_METHOD_ENV, "fork")
+    with pytest.raises(ValueError, match="needs data.collector_threads=1"):
+        start_method(2)
+    monkeypatch.setenv(START_METHOD_ENV, "thread")
+    with pytest.raises(ValueError, match="use auto, fork or spawn"):
+        start_method(1)
 
 
 def test_an_exception_in_the_collector_is_raised_in_the_trainer_with_its_traceback():
