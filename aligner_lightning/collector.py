@@ -296,6 +296,7 @@ def _serve(conn, recipe: RolloutRecipe, env_info, threads: int, seed: int, paren
         rollout = recipe.build(torch.device("cpu"))
         copy = _PolicyCopy(env_info, torch.device("cpu"))
         update: PolicyUpdate | None = None
+        loaded: PolicyUpdate | None = None  # the update the copy holds (rollouts 0 and 1 share one)
         first = epoch = 0  # the first update's version; the epoch the next rollout is for
         while True:
             # Messages arrive in order; read only up to the weights this rollout needs, never ahead.
@@ -309,7 +310,8 @@ def _serve(conn, recipe: RolloutRecipe, env_info, threads: int, seed: int, paren
                 if update is None:
                     first = epoch = message[1].version
                 update = message[1]
-            policy = copy.load(update)
+            if update is not loaded:
+                policy, loaded = copy.load(update), update
             experience = _collect(rollout, policy, recipe, update, epoch)
             # A copy: the next rollout refills the buffer while the learner still trains on this one.
             sent = experience.map_tensors(torch.clone)

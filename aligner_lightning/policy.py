@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from aligner_lightning.log import rank_zero_info
+from aligner_lightning.machine import cpu_name
 
 PAD_LOCATION = 0xFF
 
@@ -295,7 +296,7 @@ class AlignerPolicy(nn.Module):
         ms = {name: statistics.median(t) * 1e3 for name, t in times.items()}
         best = min(ms, key=ms.get)
         timings = ", ".join(f"{name} {t:.2f} ms" for name, t in sorted(ms.items(), key=lambda kv: kv[1]))
-        rank_zero_info(f"rollout step kernel: {best} ({timings}) at batch {obs.shape[0]} on {_cpu_name()}")
+        rank_zero_info(f"rollout step kernel: {best} ({timings}) at batch {obs.shape[0]} on {cpu_name()}")
         return best
 
     @torch.no_grad()
@@ -339,15 +340,6 @@ class AlignerPolicy(nn.Module):
         hx = None if state is None else (state[0].unsqueeze(0), state[1].unsqueeze(0))
         hidden, _ = self._rnn(x, hx)
         return self._action_head(hidden), self._value_head(hidden).squeeze(-1)
-
-
-def _cpu_name() -> str:
-    """The CPU's model name (Linux), for the kernel choice's log line."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return "this CPU"
 
 
 def _log_softmax(logits: torch.Tensor) -> torch.Tensor:

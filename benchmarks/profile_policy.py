@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from cogames.policy.tutorial_policy import TutorialPolicyNet  # noqa: E402
 from helpers import random_observations  # noqa: E402
-from sweep import cpu_model  # noqa: E402
+from aligner_lightning.machine import cpu_name  # noqa: E402
 
 from aligner_lightning.datamodule import RolloutDataModule  # noqa: E402
 from aligner_lightning.envs import env_interface  # noqa: E402
@@ -83,7 +83,7 @@ def main() -> None:
         logits, values = net(train_obs)
         (logits.float().square().mean() + values.float().square().mean()).backward()
 
-    print(f"{cpu_model()}; torch threads {args.threads}; rollout step = 16 agents, training pass = 64 segments x "
+    print(f"{cpu_name()}; torch threads {args.threads}; rollout step = 16 agents, training pass = 64 segments x "
           "64 steps")
     os.environ["ALIGNER_STEP_KERNEL"] = "auto"  # what a run does by default, whatever the shell sets
     with torch.inference_mode():

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from env_throughput import time_serial  # noqa: E402  (the env-only ceiling: Serial x 4, random actions)
-from sweep import cpu_model  # noqa: E402
+from aligner_lightning.machine import cpu_name  # noqa: E402
 
 KINDS = ("pufferl", "sync", "async")
 
@@ -183,7 +183,7 @@ def main() -> None:
             print(f"round {r + 1} {kind:8s} " + " ".join(f"{k}={v:,.0f}" for k, v in res.items()), flush=True)
     med = {k: {m: statistics.median(x[m] for x in v) for m in v[0]} for k, v in results.items()}
     ceiling = time_serial(args.mission, 3000, 4)
-    print(f"\nCPU: {cpu_model()}")
+    print(f"\nCPU: {cpu_name()}")
     print(f"mission={args.mission} epochs/round={args.epochs} rounds={args.rounds} torch_threads={args.threads}")
     for kind, m in med.items():
         ratio = f"   {m['sps'] / med['pufferl']['sps']:.2f}x PuffeRL" if "pufferl" in med and kind != "pufferl" else ""

@@ -30,7 +30,6 @@ import argparse
 import csv
 import math
 import os
-import platform
 import re
 import signal
 import subprocess
@@ -43,20 +42,12 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "sweeps"
+sys.path.insert(0, str(ROOT))
+from aligner_lightning.machine import cpu_name  # noqa: E402
 COLUMNS = ["variant", "seed", "checkpoint", "agent_steps", "train_seconds", "episodes", "aligned_mean",
            "aligned_std", "return_mean", "return_std", "hearts_used_mean", "gear_pickups_mean", "deaths_mean",
            "cpu"]
 TABLE_ROW = re.compile(r"^(\w+)\s+\|\s+(-?[\d.]+|nan)\s+\|\s+(-?[\d.]+|nan)\s+\|\s+(\d+)\s*$")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 @dataclass
@@ -173,7 +164,7 @@ class Runner:
         self.csv_path = RESULTS / f"{sweep.name}.csv"
         self.running: list[Job] = []
         self.stopping = False
-        self.cpu = cpu_model()
+        self.cpu = cpu_name()
 
     # -- state from files ----------------------------------------------------------------------------------
     def evaluated(self) -> set[tuple[str, int, str]]:

@@ -28,7 +28,7 @@ import numpy as np
 from aligner_lightning.envs import EnvFactory
 from aligner_lightning.missions.aligner import TEAM
 from aligner_lightning.scripted import ScriptedTeam
-from sweep import cpu_model  # noqa: E402 (benchmarks/ is the script's directory)
+from aligner_lightning.machine import cpu_name  # noqa: E402
 
 
 def measure(mission: str, steps: int, driver: str, reuse: bool, seed: int) -> dict[str, float]:
@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-plain", action="store_true", help="skip the plain team (~10 ms per step)")
     args = parser.parse_args()
-    print(f"CPU: {cpu_model()}; mission {args.mission}, {args.steps} env steps per run, median of {args.repeats}")
+    print(f"CPU: {cpu_name()}; mission {args.mission}, {args.steps} env steps per run, median of {args.repeats}")
     print(f"{'driver':8} | {'team':5} | {'team us/step':>12} | {'env us/step':>11} | {'team/env':>8} | "
           f"{'aligned/1000 steps':>18}")
     for driver in ("teacher", "random"):
