@@ -27,10 +27,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from cogames.policy.tutorial_policy import TutorialPolicyNet  # noqa: E402
 from helpers import random_observations  # noqa: E402
-from aligner_lightning.machine import cpu_name  # noqa: E402
 
 from aligner_lightning.datamodule import RolloutDataModule  # noqa: E402
 from aligner_lightning.envs import env_interface  # noqa: E402
+from aligner_lightning.machine import cpu_name  # noqa: E402
 from aligner_lightning.policy import AlignerPolicy  # noqa: E402
 
 

@@ -38,6 +38,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -359,6 +360,30 @@ def plot(sweep: Sweep, csv_path: Path) -> None:
     plt.close(fig)
 
 
+def compare(sweep: Sweep, csv_path: Path, a: str, b: str) -> None:
+    """Two variants at each mark both reached: junctions aligned per episode, mean +- std over seeds, each
+    seed's value, and the exact permutation p of the difference of the means (over every relabelling of the
+    pooled seeds; with 4 + 4 seeds the smallest possible p is 1/35)."""
+    from learning_curve import permutation_p  # benchmarks/ is on the path when run as a script
+
+    for name in (a, b):
+        if name not in sweep.variants:
+            raise SystemExit(f"--compare: {name!r} is not a variant of {sweep.name}: {list(sweep.variants)}")
+    values: dict[tuple[str, int], dict[int, float]] = {}
+    for r in load_rows(csv_path):
+        if r["variant"] in (a, b):
+            values.setdefault((r["variant"], int(r["agent_steps"])), {})[int(r["seed"])] = float(r["aligned_mean"])
+    marks = sorted({steps for v, steps in values if v == a} & {steps for v, steps in values if v == b})
+    print(f"junctions aligned per episode, {sweep.name}: {a} against {b} (mean +- std over seeds; per seed)")
+    for steps in marks:
+        x, y = values[(a, steps)], values[(b, steps)]
+        xs, ys = list(x.values()), list(y.values())
+        cells = [f"{np.mean(list(v.values())):5.2f} +- {np.std(list(v.values()), ddof=1) if len(v) > 1 else 0:4.2f} "
+                 f"({', '.join(f's{k} {v[k]:.2f}' for k in sorted(v))})" for v in (x, y)]
+        print(f"{steps / 1e6:5.2f}M  {a}: {cells[0]}  {b}: {cells[1]}  "
+              f"difference {np.mean(xs) - np.mean(ys):+.2f}, p = {permutation_p(xs, ys):.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("sweep", type=Path, help="sweep file (benchmarks/sweeps/*.yaml)")
@@ -367,8 +392,12 @@ def main() -> None:
     parser.add_argument("--dry-run", action="store_true", help="print the next commands and exit")
     parser.add_argument("--variants", nargs="+", metavar="NAME", help="work on these variants only")
     parser.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="work on these seeds only")
+    parser.add_argument("--compare", nargs=2, metavar="VARIANT", help="compare two variants over seeds and exit")
     args = parser.parse_args()
     sweep = Sweep.load(args.sweep)
+    if args.compare:
+        compare(sweep, RESULTS / f"{sweep.name}.csv", *args.compare)
+        return
     runner = Runner(sweep, args.parallel, args.dry_run, args.variants, args.seeds)
     if args.plot_only:
         plot(sweep, runner.csv_path)
