@@ -28,7 +28,7 @@ import torch
 
 from aligner_lightning.allocator import keep_freed_memory
 from aligner_lightning.envs import EnvFactory, make_vecenv
-from aligner_lightning.errors import CollectorError
+from aligner_lightning.errors import CollectorError, ConfigError
 from aligner_lightning.experience import Experience
 from aligner_lightning.policy_spec import build_policy
 from aligner_lightning.rng import capture_rng, restore_rng
@@ -97,19 +97,24 @@ def _collect(rollout: Rollout, policy: torch.nn.Module, recipe: RolloutRecipe, u
 
 
 class _PolicyCopy:
-    """The collector's own network, built from the first update's spec and loaded from every update."""
+    """The collector's own network, built from the first update's spec and loaded from every update (once:
+    the async collector's rollouts 0 and 1 share the first)."""
 
     def __init__(self, env_info, device: torch.device):
         self.env_info, self.device = env_info, device
         self.policy: torch.nn.Module | None = None
         self.spec: dict | None = None
+        self._loaded: PolicyUpdate | None = None
 
     def load(self, update: PolicyUpdate) -> torch.nn.Module:
+        if update is self._loaded:
+            return self.policy
         if self.policy is None or update.spec != self.spec:
             with torch.random.fork_rng(devices=[]):  # building it must not move the RNG training samples with
                 self.policy = build_policy(update.spec, self.env_info).to(self.device)
             self.spec = update.spec
         self.policy.load_state_dict(update.weights)
+        self._loaded = update
         return self.policy
 
 
@@ -261,10 +266,10 @@ def start_method(threads: int) -> str:
     spawn otherwise. ``ALIGNER_COLLECTOR_START=fork|spawn`` forces one."""
     forced = os.environ.get(START_METHOD_ENV, "auto")
     if forced not in ("auto", "fork", "spawn"):
-        raise ValueError(f"{START_METHOD_ENV}={forced!r}: use auto, fork or spawn")
+        raise ConfigError([f"{START_METHOD_ENV}={forced!r}: use auto, fork or spawn"])
     if forced == "fork" and threads != 1:
-        raise ValueError(f"{START_METHOD_ENV}=fork needs data.collector_threads=1 (got {threads}): a forked "
-                         "collector on more threads hangs in OpenMP; use spawn or one thread")
+        raise ConfigError([f"{START_METHOD_ENV}=fork needs data.collector_threads=1 (got {threads}): a forked "
+                           "collector on more threads hangs in OpenMP; unset it, or set data.collector_threads 1"])
     if forced != "auto":
         return forced
     return "fork" if threads == 1 and not torch.cuda.is_initialized() else "spawn"
@@ -296,7 +301,6 @@ def _serve(conn, recipe: RolloutRecipe, env_info, threads: int, seed: int, paren
         rollout = recipe.build(torch.device("cpu"))
         copy = _PolicyCopy(env_info, torch.device("cpu"))
         update: PolicyUpdate | None = None
-        loaded: PolicyUpdate | None = None  # the update the copy holds (rollouts 0 and 1 share one)
         first = epoch = 0  # the first update's version; the epoch the next rollout is for
         while True:
             # Messages arrive in order; read only up to the weights this rollout needs, never ahead.
@@ -310,9 +314,7 @@ def _serve(conn, recipe: RolloutRecipe, env_info, threads: int, seed: int, paren
                 if update is None:
                     first = epoch = message[1].version
                 update = message[1]
-            if update is not loaded:
-                policy, loaded = copy.load(update), update
-            experience = _collect(rollout, policy, recipe, update, epoch)
+            experience = _collect(rollout, copy.load(update), recipe, update, epoch)
             # A copy: the next rollout refills the buffer while the learner still trains on this one.
             sent = experience.map_tensors(torch.clone)
             conn.send(("rollout", sent, _snapshot(rollout, rng=True)))

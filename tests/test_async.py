@@ -13,7 +13,7 @@ from helpers import EPOCH_STEPS, TRAINED_EPOCHS, finish, launch, leftovers, load
 
 from aligner_lightning.collector import START_METHOD_ENV, PolicyUpdate, ProcessCollector, start_method
 from aligner_lightning.datamodule import RolloutDataModule
-from aligner_lightning.errors import CollectorError
+from aligner_lightning.errors import CollectorError, ConfigError
 from aligner_lightning.policy import AlignerPolicy, logprob_and_entropy
 from aligner_lightning.policy_spec import canonical, default_spec
 
@@ -139,10 +139,10 @@ def test_the_collector_forks_only_where_a_fork_is_safe(monkeypatch):
     monkeypatch.setenv(START_METHOD_ENV, "spawn")
     assert start_method(1) == "spawn"
     monkeypatch.setenv(START_METHOD_ENV, "fork")
-    with pytest.raises(ValueError, match="needs data.collector_threads=1"):
+    with pytest.raises(ConfigError, match="needs data.collector_threads=1"):
         start_method(2)
     monkeypatch.setenv(START_METHOD_ENV, "thread")
-    with pytest.raises(ValueError, match="use auto, fork or spawn"):
+    with pytest.raises(ConfigError, match="use auto, fork or spawn"):
         start_method(1)
 
 
