@@ -76,7 +76,8 @@ class RolloutRecipe:
         teacher = None
         if self.teacher is not None:
             try:
-                teacher = ScriptedTeacher(vecenv, [self.factory.env_seed(i) for i in range(self.num_envs)])
+                teacher = ScriptedTeacher(vecenv, [self.factory.env_seed(i) for i in range(self.num_envs)],
+                                          local=self.teacher == "scripted_local")
             except BaseException:
                 vecenv.close()
                 raise

@@ -87,8 +87,9 @@ class RolloutDataModule(L.LightningDataModule):
                 seeds from (seed, rank, env index, epoch), so a resumed run replays exactly; episodes still
                 running at an epoch's end are cut (keep episodes no longer than the rollout).
             teacher: kickstarting (off: null): ``scripted`` runs the privileged scripted team beside the envs
-                (serial backend only), for behaviour cloning (``model.bc_coef_start``) and teacher-led agents.
-                See ``aligner_lightning/teacher.py``.
+                (serial backend only), for behaviour cloning (``model.bc_coef_start``) and teacher-led agents;
+                ``scripted_local`` is the same team knowing only what each agent has seen. See
+                ``aligner_lightning/teacher.py``.
             teacher_led_start: the probability, at agent step 0, that an agent's episode is played by the
                 teacher (those steps are masked out of the PPO loss and feed behaviour cloning only); it falls
                 linearly to 0 over ``teacher_led_steps``.
@@ -196,7 +197,7 @@ class RolloutDataModule(L.LightningDataModule):
         p += schedule_problems("data.teacher_led_start", hp.teacher_led_start, "data.teacher_led_steps",
                                hp.teacher_led_steps, upper=1.0)
         if not p and hp.teacher_led_start > 0 and hp.teacher is None:
-            p.append(f"data.teacher_led_start={hp.teacher_led_start}: needs a teacher (data.teacher=scripted)")
+            p.append(f"data.teacher_led_start={hp.teacher_led_start}: needs a teacher (data.teacher: {' or '.join(TEACHERS)})")
         if hp.teacher is not None and self.backend in BACKENDS:
             resolved = self.backend
             if resolved == "auto":

@@ -77,10 +77,11 @@ class PolicyActor:
 
 
 class ScriptedActor:
-    """The privileged scripted team (reads the full simulator state): the mission's upper reference."""
+    """The privileged scripted team (reads the full simulator state): the mission's upper reference.
+    ``local``: the team's local mode (each agent knows only the junctions it has seen)."""
 
-    def __init__(self, seed: int = 0):
-        self.seed = seed
+    def __init__(self, seed: int = 0, local: bool = False):
+        self.seed, self.local = seed, local
         self._team: ScriptedTeam | None = None
 
     def reset(self, num_agents: int) -> None:
@@ -88,7 +89,7 @@ class ScriptedActor:
 
     def act(self, obs: np.ndarray, env: MettaGridPufferEnv) -> np.ndarray:
         if self._team is None:
-            self._team = ScriptedTeam(env, seed=self.seed)
+            self._team = ScriptedTeam(env, seed=self.seed, local=self.local)
         return self._team.actions()
 
 

@@ -14,6 +14,15 @@ Usage, step by step on a ``MettaGridPufferEnv`` (or anything with a ``current_si
 
 ``episodes.ScriptedActor`` wraps it for the episode runner.
 
+Local mode (``local=True``) keeps the team's rules but limits what each agent knows about junctions to what it
+has had in view this episode (the 121 cells of its observation window at every step so far): it aims only at
+junctions it has seen, and with none left it walks to the nearest free cell it has not seen, along one shortest
+path. It still reads from the simulator the walls (for paths), the hub and the aligner station, whether a seen
+junction is still neutral and alignable, and its teammates' claims. It too aligns every junction of the arena
+(maps 0-4: the same 53-62 as with full knowledge, the first at step 31-41 instead of 27-33), at about twice the
+time per step. As a teacher (``data.teacher: scripted_local``) its choices rest on what the student could have
+observed.
+
 Cost. Per step the team reads only the agents from the simulator; it re-reads every object (junction
 alignment, the team's network) only when the team's tag counts change, which is exactly when a junction is
 aligned or lost (and every ``REFRESH_STEPS`` steps besides). Each walking-distance map (one per goal cell, from
@@ -44,6 +53,10 @@ Cell = tuple[int, int]  # (row, col)
 MOVES: dict[str, Cell] = {"move_north": (-1, 0), "move_south": (1, 0), "move_west": (0, -1), "move_east": (0, 1)}
 STUCK_STEPS = 4  # after this many steps without progress, an agent takes a random step
 REFRESH_STEPS = 100  # reuse mode: every object is re-read at least this often, whatever the tag counts say
+# An agent's view: the cells of its 13 x 13 observation window within this squared distance, 121 cells, as many
+# as the window holds (docs/mission.md, Observations).
+VIEW_RADIUS2 = 37
+VIEW_MASK = np.add.outer(np.arange(-6, 7) ** 2, np.arange(-6, 7) ** 2) <= VIEW_RADIUS2
 
 
 class SimulationSource(Protocol):
@@ -58,6 +71,11 @@ class _AgentState:
     target: int | None = None  # object id of the junction this agent has claimed
     last_cell: Cell | None = None
     stuck: int = 0
+    # Local mode: the cells this agent has had in view this episode, and the unseen cell it is walking to.
+    seen: np.ndarray | None = None
+    explore: dict[str, int] | None = None
+    explore_dist: np.ndarray | None = None  # along the path to ``explore`` (``_path_distances``)
+    explored: bool = False  # every cell it can reach has been seen
 
 
 @dataclass
@@ -88,9 +106,12 @@ class ScriptedTeam:
     was given a noop.
     """
 
-    def __init__(self, env: SimulationSource, seed: int = 0, reuse: bool = True):
+    def __init__(self, env: SimulationSource, seed: int = 0, reuse: bool = True, local: bool = False):
+        if local and not reuse:
+            raise ValueError("local=True needs reuse=True (it walks on the reused grid graph)")
         self._env = env
         self.reuse = reuse
+        self.local = local
         self._rng = np.random.default_rng(seed)
         self.idle = np.zeros(0, dtype=bool)
         self._world: _World | None = None
@@ -110,6 +131,8 @@ class ScriptedTeam:
         for agent_id in sorted(agents):
             agent, state = agents[agent_id], self._agents[agent_id]
             pos = (agent["r"], agent["c"])
+            if self.local:
+                _look(state, pos, world.blocked.shape)
             hearts = agent.get("inv:heart", 0)
             if state.target not in neutral:
                 state.target = None
@@ -120,9 +143,14 @@ class ScriptedTeam:
             else:
                 claimed = {s.target for i, s in enumerate(self._agents) if i != agent_id}
                 if state.target is None:
-                    state.target = self._nearest(world, pos, [j for j in neutral.values() if j["id"] not in claimed])
+                    state.target = self._nearest(world, pos, [
+                        j for j in neutral.values()
+                        if j["id"] not in claimed and (not self.local or state.seen[j["r"], j["c"]])])
                 goal = neutral.get(state.target) if state.target is not None else None
-            actions[agent_id] = self._step_toward(world, state, pos, goal, occupied)
+                if goal is None and self.local:
+                    goal = self._explore(world, state, pos)
+            dist = state.explore_dist if goal is not None and goal is state.explore else None
+            actions[agent_id] = self._step_toward(world, state, pos, goal, occupied, dist)
             self.idle[agent_id] = goal is None
         return actions
 
@@ -200,8 +228,30 @@ class ScriptedTeam:
                 best, best_d = j["id"], d
         return best
 
+    def _explore(self, world: _World, state: _AgentState, pos: Cell) -> dict[str, int] | None:
+        """Local mode, nothing known to align: the nearest free cell this agent has not seen (ties broken at
+        random), walked to along one shortest path and kept until reached or until the agent is pushed off that
+        path; None once every cell it can reach has been seen."""
+        cell = state.explore
+        if state.explored:
+            return None
+        if cell is not None and np.isfinite(state.explore_dist[pos]) and not _adjacent(pos, (cell["r"], cell["c"])):
+            return cell
+        from_pos = _graph_bfs(world.graph, world.blocked, [pos])
+        dist = np.where(state.seen | world.blocked, np.inf, from_pos)
+        best = dist.min()
+        if not np.isfinite(best):  # for good: the seen cells only grow, and walls and objects stay put
+            state.explore, state.explore_dist, state.explored = None, None, True
+            return None
+        rows, cols = np.nonzero(dist == best)
+        pick = self._rng.integers(len(rows))
+        state.explore = {"r": int(rows[pick]), "c": int(cols[pick])}
+        state.explore_dist = _path_distances(from_pos, pos, (state.explore["r"], state.explore["c"]))
+        return state.explore
+
     def _step_toward(
-        self, world: _World, state: _AgentState, pos: Cell, goal: dict[str, Any] | None, occupied: set[Cell]
+        self, world: _World, state: _AgentState, pos: Cell, goal: dict[str, Any] | None, occupied: set[Cell],
+        dist: np.ndarray | None = None,
     ) -> int:
         state.stuck = state.stuck + 1 if pos == state.last_cell else 0
         state.last_cell = pos
@@ -213,7 +263,7 @@ class ScriptedTeam:
         if state.stuck >= STUCK_STEPS:
             # Another agent is in the way: a random step usually untangles a corridor.
             return self._move_ids[list(MOVES.values())[self._rng.integers(len(MOVES))]]
-        dist = self._distances(world, goal_cell)
+        dist = self._distances(world, goal_cell) if dist is None else dist
         here = _at(dist, pos)
         options = [
             (_at(dist, n), n) for n in _neighbours(pos) if n not in occupied and _at(dist, n) < here
@@ -222,6 +272,28 @@ class ScriptedTeam:
             return self._noop
         _, nxt = min(options)
         return self._move_ids[(nxt[0] - pos[0], nxt[1] - pos[1])]
+
+
+def _path_distances(from_pos: np.ndarray, pos: Cell, goal: Cell) -> np.ndarray:
+    """One shortest path from pos to goal, read backwards off ``from_pos`` (walking distances from pos), as a
+    distance map that ``_step_toward`` follows: each path cell holds its distance to the cell before goal, every
+    other cell inf."""
+    out = np.full(from_pos.shape, np.inf)
+    cur, total = goal, from_pos[goal]
+    while cur != pos:
+        cur = next(n for n in _neighbours(cur) if _at(from_pos, n) == from_pos[cur] - 1)
+        out[cur] = total - 1 - from_pos[cur]
+    return out
+
+
+def _look(state: _AgentState, pos: Cell, shape: tuple[int, int]) -> None:
+    """Marks the cells in the agent's view as seen."""
+    if state.seen is None:
+        state.seen = np.zeros(shape, dtype=bool)
+    r, c = pos
+    half = VIEW_MASK.shape[0] // 2
+    r0, r1, c0, c1 = max(r - half, 0), min(r + half + 1, shape[0]), max(c - half, 0), min(c + half + 1, shape[1])
+    state.seen[r0:r1, c0:c1] |= VIEW_MASK[r0 - r + half:r1 - r + half, c0 - c + half:c1 - c + half]
 
 
 def _alignable(cell: Cell, hub: Cell, net_cells: list[Cell]) -> bool:

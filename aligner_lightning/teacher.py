@@ -45,7 +45,10 @@ import numpy as np
 from aligner_lightning.errors import ConfigError
 from aligner_lightning.scripted import ScriptedTeam
 
-TEACHERS = ("scripted",)
+# The scripted team as a teacher: ``scripted`` knows the whole map; ``scripted_local`` targets only junctions its
+# agent has had in view this episode and otherwise walks to the nearest cell it has not seen (``ScriptedTeam``'s
+# local mode), so its choices rest on what the student could have observed.
+TEACHERS = ("scripted", "scripted_local")
 NO_LABEL = -1  # a step without a teacher label (the teacher was idle)
 
 
@@ -79,15 +82,15 @@ class ScriptedTeacher:
     ``env_steps`` count its own cost.
     """
 
-    def __init__(self, vecenv, seeds: Sequence[int]):
+    def __init__(self, vecenv, seeds: Sequence[int], local: bool = False):
         envs = getattr(vecenv, "envs", None)
         if envs is None:
-            raise ConfigError([f"data.teacher=scripted: the scripted teacher reads each env's simulator, and this "
+            raise ConfigError([f"data.teacher: the scripted teacher reads each env's simulator, and this "
                                f"vector env ({type(vecenv).__name__}) keeps its envs in worker processes; use "
                                f"data.backend=serial"])
         if len(seeds) != len(envs):
             raise ValueError(f"{len(seeds)} seeds for {len(envs)} envs")
-        self.teams = [ScriptedTeam(env, seed=int(seed)) for env, seed in zip(envs, seeds)]
+        self.teams = [ScriptedTeam(env, seed=int(seed), local=local) for env, seed in zip(envs, seeds)]
         self._first_agent = list(np.cumsum([0] + [env.num_agents for env in envs]))
         self.seconds = 0.0
         self.env_steps = 0

@@ -287,9 +287,9 @@ def test_episode_ends_as_terminal_at_max_steps() -> None:
 # ---------------------------------------------------------------- reference figures
 
 
-def _check_scripted(map_seed: int) -> None:
+def _check_scripted(map_seed: int, local: bool = False) -> None:
     """A full episode: the scripted team aligns every junction of the map (the env's reset plays map_seed + 1)."""
-    metrics = play_episode(ScriptedActor(), factory("aligner_tutorial", map_seed=map_seed)).metrics
+    metrics = play_episode(ScriptedActor(local=local), factory("aligner_tutorial", map_seed=map_seed)).metrics
     assert metrics["episode_length"] == 1000
     assert metrics["junctions_aligned"] == (build_grid(map_seed + 1) == "junction").sum() >= 50
     assert metrics["first_alignment_step"] <= 60
@@ -300,6 +300,11 @@ def _check_scripted(map_seed: int) -> None:
 @pytest.mark.parametrize("map_seed", [0, 1, 2])
 def test_scripted_team_aligns_every_junction(map_seed: int) -> None:
     _check_scripted(map_seed)
+
+
+def test_local_scripted_team_aligns_every_junction() -> None:
+    """Knowing only the junctions each agent has seen, and exploring for the rest, the team still finds them all."""
+    _check_scripted(0, local=True)
 
 
 @pytest.mark.slow

@@ -22,11 +22,11 @@ from aligner_lightning.teacher import NO_LABEL, ScriptedTeacher, linear_anneal
 NUM_ENVS, AGENTS, HORIZON = 2, 4, 16
 
 
-def smoke_rollout(segments_per_agent: int, seed: int = 3) -> tuple[Rollout, EnvFactory]:
+def smoke_rollout(segments_per_agent: int, seed: int = 3, teacher: str = "scripted") -> tuple[Rollout, EnvFactory]:
     """A scripted-teacher rollout on two smoke envs (no early reset), built as training builds it."""
     steps = NUM_ENVS * AGENTS * segments_per_agent * HORIZON
     dm = RolloutDataModule(mission="smoke", num_envs=NUM_ENVS, seed=seed, early_reset=False, bptt_horizon=HORIZON,
-                           batch_size=steps, minibatch_size=steps, teacher="scripted")
+                           batch_size=steps, minibatch_size=steps, teacher=teacher)
     return dm.make_rollout(torch.device("cpu")), dm.factory
 
 
@@ -63,18 +63,71 @@ def test_reused_reads_choose_the_plain_teams_actions(mission, steps):
     plain_env.close()
 
 
-def test_teacher_actions_are_the_scripted_teams_run_directly():
-    """Everything teacher-led: the executed actions for each agent are what a ScriptedTeam, driving its own copy
-    of that env from the same seeds, chooses step by step, and the labels are those actions except where the
-    team was idle (nothing left to align: NO_LABEL)."""
-    rollout, factory = smoke_rollout(segments_per_agent=8)  # 128 steps: one auto-reset (96-step episodes)
+def test_the_local_team_aims_only_at_junctions_its_agent_has_seen():
+    """Local mode: each agent's view starts as the 121-cell window around it and only grows; every junction an
+    agent walks to lies in what it has seen, and it explores when none is (that it still aligns every junction
+    is test_mission's)."""
+    env = make_factory("aligner_tutorial", map_seed=0).make_env(0)
+    env.reset()
+    team = ScriptedTeam(env, seed=5, local=True)
+    team.actions()
+    views = [state.seen.copy() for state in team._agents]
+    assert [int(v.sum()) for v in views] == [121] * 4  # the agents start near the hub, clear of the map's edge
+    explored, targeted = 0, 0
+    for _ in range(999):
+        env.step(team.actions())
+        neutral = team._world.static[2]
+        for i, state in enumerate(team._agents):
+            assert not (views[i] & ~state.seen).any()  # the seen cells only grow
+            views[i] = state.seen.copy()
+            if state.target is not None:
+                junction = neutral[state.target]
+                assert state.seen[junction["r"], junction["c"]], f"agent {i} aims at a junction it has not seen"
+                targeted += 1
+            elif state.explore is not None:
+                explored += 1
+    env.close()
+    assert explored > 100 and targeted > 500
+
+
+def test_the_full_team_aims_at_junctions_it_has_not_seen():
+    """The contrast that makes the test above meaningful: knowing the whole map, agents do walk to junctions
+    outside anything they have had in view (checked with the local mode's view bookkeeping)."""
+    from aligner_lightning.scripted import _AgentState, _look
+
+    env = make_factory("aligner_tutorial", map_seed=0).make_env(0)
+    env.reset()
+    team = ScriptedTeam(env, seed=5)
+    views = [_AgentState() for _ in range(4)]
+    unseen_targets = 0
+    for _ in range(300):
+        actions = team.actions()
+        neutral = team._world.static[2]
+        for i, state in enumerate(team._agents):
+            agent = env.current_simulation.grid_objects(ignore_types=team._world.non_agent_types)
+            pos = next((o["r"], o["c"]) for o in agent.values() if o.get("agent_id") == i)
+            _look(views[i], pos, team._world.blocked.shape)
+            if state.target is not None:
+                junction = neutral[state.target]
+                unseen_targets += not views[i].seen[junction["r"], junction["c"]]
+        env.step(actions)
+    env.close()
+    assert unseen_targets > 0
+
+
+@pytest.mark.parametrize("teacher", ["scripted", "scripted_local"])
+def test_teacher_actions_are_the_scripted_teams_run_directly(teacher):
+    """Everything teacher-led: the executed actions for each agent are what a ScriptedTeam (in local mode for
+    ``scripted_local``), driving its own copy of that env from the same seeds, chooses step by step, and the
+    labels are those actions except where the team was idle (nothing left to align: NO_LABEL)."""
+    rollout, factory = smoke_rollout(segments_per_agent=8, teacher=teacher)  # 128 steps: one auto-reset
     rollout.collect(policy_for(factory), teacher_led=1.0, use_teacher=True)
     buf = rollout.buffer
     assert bool(buf.teacher_led.all())
     for i in range(NUM_ENVS):
         env = factory.make_env(i)
         env.reset()
-        team = ScriptedTeam(env, seed=factory.env_seed(i))
+        team = ScriptedTeam(env, seed=factory.env_seed(i), local=teacher == "scripted_local")
         actions, labels = [], []
         for _ in range(8 * HORIZON):
             step_actions = team.actions()
@@ -205,8 +258,8 @@ def test_auto_backend_choosing_multiprocessing_with_a_teacher_is_refused(monkeyp
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["--data.teacher", "oracle"], "data.teacher='oracle': must be null (no teacher) or one of scripted"),
-    (["--data.teacher_led_start", "0.5", "--data.teacher_led_steps", "100"], "needs a teacher (data.teacher=scripted)"),
+    (["--data.teacher", "oracle"], "data.teacher='oracle': must be null (no teacher) or one of scripted, scripted_local"),
+    (["--data.teacher_led_start", "0.5", "--data.teacher_led_steps", "100"], "needs a teacher (data.teacher: scripted or scripted_local)"),
     (["--data.teacher", "scripted", "--data.teacher_led_start", "1.5"],
      "data.teacher_led_start=1.5: must be in [0, 1]"),
     (["--data.teacher", "scripted", "--data.teacher_led_start", "0.5"], "data.teacher_led_steps=0: must be >= 1"),
