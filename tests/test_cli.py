@@ -124,7 +124,8 @@ def test_bad_config_values_get_one_clear_error(monkeypatch, capsys, tmp_path, ar
     assert expected in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("configs", [["aligner.yaml"], ["debug.yaml"], ["aligner.yaml", "ddp.yaml"]])
+@pytest.mark.parametrize("configs", [["aligner.yaml"], ["debug.yaml"], ["aligner.yaml", "ddp.yaml"],
+                                     ["aligner.yaml", "aligner_fast.yaml"]])
 def test_shipped_configs_parse(monkeypatch, capsys, configs):
     """Every config the README tells users to run parses, and the DDP overlay changes only what it says."""
     args = [arg for name in configs for arg in ("--config", str(ROOT / "configs" / name))]
@@ -137,6 +138,8 @@ def test_shipped_configs_parse(monkeypatch, capsys, configs):
     if "ddp.yaml" in configs:
         assert "strategy: ddp" in printed and "devices: 2" in printed and "torch_threads: 1" in printed
         assert "batch_size: 4096" in printed and "RunCheckpoint" in printed  # the base config is kept
+    if "aligner_fast.yaml" in configs:
+        assert "collector: async" in printed and "hidden_size: 128" in printed and "num_envs: 16" in printed
 
 
 def test_missing_config_file(monkeypatch, capsys, tmp_path):
