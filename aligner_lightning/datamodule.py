@@ -197,7 +197,8 @@ class RolloutDataModule(L.LightningDataModule):
         p += schedule_problems("data.teacher_led_start", hp.teacher_led_start, "data.teacher_led_steps",
                                hp.teacher_led_steps, upper=1.0)
         if not p and hp.teacher_led_start > 0 and hp.teacher is None:
-            p.append(f"data.teacher_led_start={hp.teacher_led_start}: needs a teacher (data.teacher: {' or '.join(TEACHERS)})")
+            p.append(f"data.teacher_led_start={hp.teacher_led_start}: needs a teacher "
+                     f"(data.teacher: {' or '.join(TEACHERS)})")
         if hp.teacher is not None and self.backend in BACKENDS:
             resolved = self.backend
             if resolved == "auto":

@@ -19,8 +19,8 @@ has had in view this episode (the 121 cells of its observation window at every s
 junctions it has seen, and with none left it walks to the nearest free cell it has not seen, along one shortest
 path. It still reads from the simulator the walls (for paths), the hub and the aligner station, whether a seen
 junction is still neutral and alignable, and its teammates' claims. It too aligns every junction of the arena
-(maps 0-4: the same 53-62 as with full knowledge, the first at step 31-41 instead of 27-33), at about twice the
-time per step. As a teacher (``data.teacher: scripted_local``) its choices rest on what the student could have
+(maps 0-4: the same 53-62 as with full knowledge, the first at step 31-41 instead of 27-33), at up to 1.3x the
+cost per step (``benchmarks/teacher_cost.py``). As a teacher (``data.teacher: scripted_local``) its choices rest on what the student could have
 observed.
 
 Cost. Per step the team reads only the agents from the simulator; it re-reads every object (junction

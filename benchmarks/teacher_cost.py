@@ -8,9 +8,10 @@ Two drivers, because the team's work depends on what the agents do:
 - ``random``: uniform random actions are executed (a student-led env early in training: the team still plans
   for every agent at every step).
 
-and two versions of the team: ``reuse`` (the default: simulator reads and distance maps reused between steps)
-and ``plain`` (``ScriptedTeam(reuse=False)``: every object read and a Python BFS from the agent at each choice
-of junction; the same actions). Prints, per row, microseconds per env step for the team alone and for the env
+and three versions of the team: ``reuse`` (the default: simulator reads and distance maps reused between
+steps), ``local`` (``ScriptedTeam(local=True)``, the ``scripted_local`` teacher: each agent knows only what it
+has seen and explores for the rest) and ``plain`` (``ScriptedTeam(reuse=False)``: every object read and a
+Python BFS from the agent at each choice of junction; the same actions as ``reuse``). Prints, per row, microseconds per env step for the team alone and for the env
 step alone (mean over the steps; median of ``--repeats`` runs with different seeds), their ratio, the
 alignments per 1000 steps, and the CPU model. Asserts nothing.
 
@@ -31,10 +32,10 @@ from aligner_lightning.scripted import ScriptedTeam
 from aligner_lightning.machine import cpu_name  # noqa: E402
 
 
-def measure(mission: str, steps: int, driver: str, reuse: bool, seed: int) -> dict[str, float]:
+def measure(mission: str, steps: int, driver: str, version: str, seed: int) -> dict[str, float]:
     env = EnvFactory(mission, {}, seed=seed, seed_stride=1, early_reset=False).make_env(0)
     env.reset()
-    team = ScriptedTeam(env, seed=seed, reuse=reuse)
+    team = ScriptedTeam(env, seed=seed, reuse=version != "plain", local=version == "local")
     rng = np.random.default_rng(seed)
     num_actions = int(env.single_action_space.n)
     team_s = env_s = 0.0
@@ -70,12 +71,12 @@ def main() -> None:
     print(f"{'driver':8} | {'team':5} | {'team us/step':>12} | {'env us/step':>11} | {'team/env':>8} | "
           f"{'aligned/1000 steps':>18}")
     for driver in ("teacher", "random"):
-        for reuse in (True, False)[:1 if args.no_plain else 2]:
-            runs = [measure(args.mission, args.steps, driver, reuse, seed=7 + r) for r in range(args.repeats)]
+        for version in ("reuse", "local", "plain")[:2 if args.no_plain else 3]:
+            runs = [measure(args.mission, args.steps, driver, version, seed=7 + r) for r in range(args.repeats)]
             team = statistics.median(r["team_us"] for r in runs)
             env = statistics.median(r["env_us"] for r in runs)
             aligned = statistics.median(r["aligned_per_1000"] for r in runs)
-            print(f"{driver:8} | {'reuse' if reuse else 'plain':5} | {team:12.0f} | {env:11.0f} | {team / env:8.2f} | "
+            print(f"{driver:8} | {version:5} | {team:12.0f} | {env:11.0f} | {team / env:8.2f} | "
                   f"{aligned:18.1f}", flush=True)
 
 
