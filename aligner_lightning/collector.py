@@ -77,7 +77,7 @@ class RolloutRecipe:
         if self.teacher is not None:
             try:
                 teacher = ScriptedTeacher(vecenv, [self.factory.env_seed(i) for i in range(self.num_envs)],
-                                          local=self.teacher == "scripted_local")
+                                          self.teacher)
             except BaseException:
                 vecenv.close()
                 raise

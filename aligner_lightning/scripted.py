@@ -19,9 +19,9 @@ has had in view this episode (the 121 cells of its observation window at every s
 junctions it has seen, and with none left it walks to the nearest free cell it has not seen, along one shortest
 path. It still reads from the simulator the walls (for paths), the hub and the aligner station, whether a seen
 junction is still neutral and alignable, and its teammates' claims. It too aligns every junction of the arena
-(maps 0-4: the same 53-62 as with full knowledge, the first at step 31-41 instead of 27-33), at up to 1.3x the
-cost per step (``benchmarks/teacher_cost.py``). As a teacher (``data.teacher: scripted_local``) its choices rest on what the student could have
-observed.
+(maps 0-4: the same 53-62 as with full knowledge, the first at step 31-41 instead of 27-33), at 1-2x the cost
+per step (``benchmarks/teacher_cost.py``). As a teacher (``data.teacher: scripted_local``) its choices rest on
+what the student could have observed.
 
 Cost. Per step the team reads only the agents from the simulator; it re-reads every object (junction
 alignment, the team's network) only when the team's tag counts change, which is exactly when a junction is
@@ -149,7 +149,7 @@ class ScriptedTeam:
                 goal = neutral.get(state.target) if state.target is not None else None
                 if goal is None and self.local:
                     goal = self._explore(world, state, pos)
-            dist = state.explore_dist if goal is not None and goal is state.explore else None
+            dist = state.explore_dist if goal is state.explore and goal is not None else None
             actions[agent_id] = self._step_toward(world, state, pos, goal, occupied, dist)
             self.idle[agent_id] = goal is None
         return actions
@@ -232,9 +232,9 @@ class ScriptedTeam:
         """Local mode, nothing known to align: the nearest free cell this agent has not seen (ties broken at
         random), walked to along one shortest path and kept until reached or until the agent is pushed off that
         path; None once every cell it can reach has been seen."""
-        cell = state.explore
         if state.explored:
             return None
+        cell = state.explore
         if cell is not None and np.isfinite(state.explore_dist[pos]) and not _adjacent(pos, (cell["r"], cell["c"])):
             return cell
         from_pos = _graph_bfs(world.graph, world.blocked, [pos])

@@ -11,8 +11,8 @@ Two drivers, because the team's work depends on what the agents do:
 and three versions of the team: ``reuse`` (the default: simulator reads and distance maps reused between
 steps), ``local`` (``ScriptedTeam(local=True)``, the ``scripted_local`` teacher: each agent knows only what it
 has seen and explores for the rest) and ``plain`` (``ScriptedTeam(reuse=False)``: every object read and a
-Python BFS from the agent at each choice of junction; the same actions as ``reuse``). Prints, per row, microseconds per env step for the team alone and for the env
-step alone (mean over the steps; median of ``--repeats`` runs with different seeds), their ratio, the
+Python BFS from the agent at each choice of junction; the same actions as ``reuse``). Prints, per row,
+microseconds per env step for the team alone and for the env step alone (mean over the steps; median of ``--repeats`` runs with different seeds), their ratio, the
 alignments per 1000 steps, and the CPU model. Asserts nothing.
 
     PYTHONPATH=. python benchmarks/teacher_cost.py [--mission aligner_tutorial] [--steps 2000] [--repeats 3]

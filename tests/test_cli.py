@@ -9,6 +9,7 @@ import sys
 import zlib
 
 import pytest
+import yaml
 from helpers import DEBUG, EPOCH_STEPS, ROOT, TRAINED_EPOCHS, run_main, scalars
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -140,6 +141,14 @@ def test_shipped_configs_parse(monkeypatch, capsys, configs):
         assert "batch_size: 4096" in printed and "RunCheckpoint" in printed  # the base config is kept
     if "aligner_fast.yaml" in configs:
         assert "collector: async" in printed and "hidden_size: 128" in printed and "num_envs: 16" in printed
+
+
+def test_the_fast_overlay_uses_the_small_network_as_configured():
+    """aligner_fast.yaml spells out the network of policy_small.yaml (an overlay cannot include another); the two
+    must not drift apart."""
+    fast, small = (yaml.safe_load((ROOT / "configs" / name).read_text()) for name in ("aligner_fast.yaml",
+                                                                                         "policy_small.yaml"))
+    assert fast["model"]["policy"] == small["model"]["policy"]
 
 
 def test_missing_config_file(monkeypatch, capsys, tmp_path):

@@ -103,10 +103,10 @@ def test_the_full_team_aims_at_junctions_it_has_not_seen():
     for _ in range(300):
         actions = team.actions()
         neutral = team._world.static[2]
+        objects = env.current_simulation.grid_objects(ignore_types=team._world.non_agent_types).values()
+        cells = {o["agent_id"]: (o["r"], o["c"]) for o in objects if o.get("agent_id") is not None}
         for i, state in enumerate(team._agents):
-            agent = env.current_simulation.grid_objects(ignore_types=team._world.non_agent_types)
-            pos = next((o["r"], o["c"]) for o in agent.values() if o.get("agent_id") == i)
-            _look(views[i], pos, team._world.blocked.shape)
+            _look(views[i], cells[i], team._world.blocked.shape)
             if state.target is not None:
                 junction = neutral[state.target]
                 unseen_targets += not views[i].seen[junction["r"], junction["c"]]
