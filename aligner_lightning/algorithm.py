@@ -170,6 +170,16 @@ def ppo_loss(
     return loss, stats
 
 
+def cloning_loss(logits: torch.Tensor, teacher_actions: torch.Tensor) -> torch.Tensor:
+    """Behaviour cloning (kickstarting, not PuffeRL): cross-entropy of the student's ``logits [n, H, A]`` on the
+    teacher's actions ``[n, H]``, the mean over the steps that have a label (a label < 0 means none; 0 if none)."""
+    labels = teacher_actions.reshape(-1)
+    has_label = (labels >= 0).to(logits.dtype)
+    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.clamp(min=0).long(),
+                                           reduction="none")
+    return (ce * has_label).sum() / has_label.sum().clamp(min=1.0)
+
+
 def explained_variance(values: torch.Tensor, returns: torch.Tensor) -> torch.Tensor:
     """1 - Var(R - V) / Var(R); NaN when the returns are constant."""
     var_r = returns.var()

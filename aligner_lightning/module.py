@@ -17,7 +17,6 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 
 from aligner_lightning import algorithm, distributed
 from aligner_lightning.collector import PolicyUpdate
@@ -64,6 +63,7 @@ class AlignerPPO(L.LightningModule):
         eval_max_steps: int | None = None,
         bc_coef_start: float = 0.0,
         bc_steps: int = 0,
+        bc_epochs: int = 0,
         eval_video: bool | None = None,
     ):
         """
@@ -103,6 +103,10 @@ class AlignerPPO(L.LightningModule):
                 behaviour-cloning term ``CE(student logits, teacher action)`` (mean over the minibatch's steps
                 that have a teacher label) added to the PPO loss; it falls linearly to 0 over ``bc_steps``.
             bc_steps: global agent steps over which ``bc_coef_start`` falls to 0.
+            bc_epochs: kickstarting: extra passes per epoch over the rollout with the cloning term alone (weighted
+                by the current BC weight), after the PPO update and while that weight is above 0; each pass visits
+                every segment once, in minibatches of the PPO update's size. More cloning steps per sample
+                without more PPO passes.
             eval_video: deprecated, the old name of eval_gif: a value given here is used for eval_gif.
         """
         super().__init__()
@@ -148,6 +152,11 @@ class AlignerPPO(L.LightningModule):
         if hp.sampling not in ("prioritized", "sequential"):
             p.append(f"model.sampling={hp.sampling!r}: must be 'prioritized' (PuffeRL) or 'sequential'")
         p += schedule_problems("model.bc_coef_start", hp.bc_coef_start, "model.bc_steps", hp.bc_steps)
+        if hp.bc_epochs < 0:
+            p.append(f"model.bc_epochs={hp.bc_epochs}: must be >= 0")
+        elif hp.bc_epochs > 0 and hp.bc_coef_start == 0:
+            p.append(f"model.bc_epochs={hp.bc_epochs}: cloning passes need a cloning weight; set "
+                     "model.bc_coef_start > 0 (or model.bc_epochs=0)")
         if hp.torch_threads is not None and hp.torch_threads < 1:
             p.append(f"model.torch_threads={hp.torch_threads}: must be >= 1 or null")
         settings = None
@@ -230,10 +239,10 @@ class AlignerPPO(L.LightningModule):
     def training_step(self, rollout: Experience) -> None:
         """PuffeRL's update on one rollout: for each minibatch, V-trace advantages over the whole buffer, a
         prioritized draw of segments, the clipped PPO loss (plus behaviour cloning when kickstarting), backward,
-        the ratio and value write-back; every ``accumulation_steps`` minibatches, clip and Adam."""
+        the ratio and value write-back; every ``accumulation_steps`` minibatches, clip and Adam. Then, when
+        kickstarting with ``model.bc_epochs``, the cloning-only passes."""
         dm, algo, hp = self.datamodule, self.algo, self.hparams
         train_start = time.perf_counter()
-        opt = self.optimizers()
         bc_coef = self.bc_coef()
         # Kickstarting, while some episodes were teacher-led: PPO learns from the student's own steps only.
         student_steps = ~rollout.teacher_led if rollout.teacher_led_fraction > 0 else None
@@ -257,10 +266,7 @@ class AlignerPPO(L.LightningModule):
                                              rollout.values[idx], adv[idx], weights, self.loss_cfg,
                                              step_mask=None if student_steps is None else student_steps[idx])
             if bc_coef > 0:  # cross-entropy on the steps with a teacher label
-                labels = rollout.teacher_actions[idx].reshape(-1)
-                has_label = (labels >= 0).float()
-                ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.clamp(min=0), reduction="none")
-                bc_loss = (ce * has_label).sum() / has_label.sum().clamp(min=1.0)
+                bc_loss = algorithm.cloning_loss(logits, rollout.teacher_actions[idx])
                 loss = loss + bc_coef * bc_loss
                 stats["bc_loss"] = bc_loss.detach()
             rollout.ratio[idx] = stats.pop("ratio")  # the write-back: later minibatches' V-trace reads these
@@ -270,22 +276,46 @@ class AlignerPPO(L.LightningModule):
 
             self.manual_backward(loss)
             if (i + 1) % dm.accumulation_steps == 0:
-                # Checked after DDP's all-reduce, so a NaN on any rank stops every rank at the same step (no hang).
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), hp.max_grad_norm)
-                if not torch.isfinite(grad_norm):
-                    self._diverged("the loss or a gradient")
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                if not all(torch.isfinite(p).all() for p in self.policy.parameters()):
-                    self._diverged("a parameter")
+                self._optimizer_step()
+        losses = {f"losses/{k}": float(v) / dm.num_minibatches for k, v in loss_sums.items()}
+        if bc_coef > 0 and hp.bc_epochs > 0:
+            losses["losses/bc_pass_loss"] = self._cloning_passes(rollout, bc_coef)
         if hp.anneal_lr:
             self.lr_schedulers().step()
 
-        losses = {f"losses/{k}": float(v) / dm.num_minibatches for k, v in loss_sums.items()}
         losses["losses/explained_variance"] = explained_variance
         timing = {**rollout.timing, "train_time": time.perf_counter() - train_start}
         self._finish_epoch(rollout, losses, timing, bc_coef)
         self._publish_policy(self.current_epoch + 1)  # the next rollouts act with these weights
+
+    def _optimizer_step(self) -> None:
+        """Clip the accumulated gradient, Adam, zero it; stop on a NaN/Inf."""
+        # Checked after DDP's all-reduce, so a NaN on any rank stops every rank at the same step (no hang).
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.hparams.max_grad_norm)
+        if not torch.isfinite(grad_norm):
+            self._diverged("the loss or a gradient")
+        opt = self.optimizers()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if not all(torch.isfinite(p).all() for p in self.policy.parameters()):
+            self._diverged("a parameter")
+
+    def _cloning_passes(self, rollout: Experience, bc_coef: float) -> float:
+        """``model.bc_epochs`` passes of behaviour cloning alone over the rollout (kickstarting): each visits every
+        segment once in a random order, in the PPO update's minibatches; returns the mean cloning loss."""
+        dm, losses = self.datamodule, []
+        for _ in range(self.hparams.bc_epochs):
+            order = torch.randperm(rollout.segments, device=rollout.obs.device)
+            for i, idx in enumerate(order.split(dm.minibatch_segments)):
+                state = None if rollout.initial_state is None else tuple(s[idx] for s in rollout.initial_state)
+                logits, values = self.policy(rollout.obs[idx], state)
+                bc_loss = algorithm.cloning_loss(logits.float(), rollout.teacher_actions[idx])
+                # 0 x the value keeps every parameter in the graph (DDP expects a gradient for each).
+                self.manual_backward(bc_coef * bc_loss + 0.0 * values.float().sum())
+                losses.append(float(bc_loss.detach()))
+                if (i + 1) % dm.accumulation_steps == 0:
+                    self._optimizer_step()
+        return sum(losses) / len(losses)
 
     def _publish_policy(self, version: int) -> None:
         """The one hand-off to the DataModule: the weights after ``version`` updates."""

@@ -266,6 +266,8 @@ def test_auto_backend_choosing_multiprocessing_with_a_teacher_is_refused(monkeyp
     (["--data.teacher", "scripted", "--model.bc_coef_start", "1.0"], "model.bc_steps=0: must be >= 1"),
     (["--model.bc_coef_start", "-1"], "model.bc_coef_start=-1.0: must be >= 0"),
     (["--model.bc_coef_start", "1.0", "--model.bc_steps", "100"], "behaviour cloning needs a teacher"),
+    (["--model.bc_epochs", "-1"], "model.bc_epochs=-1: must be >= 0"),
+    (["--model.bc_epochs", "2"], "model.bc_epochs=2: cloning passes need a cloning weight"),
 ])
 def test_bad_teacher_settings_get_one_clear_error(monkeypatch, capsys, tmp_path, args, expected):
     assert expected in cli_error(monkeypatch, capsys, tmp_path, *args)
@@ -290,18 +292,21 @@ CLONING = ["--data.teacher_led_start", "1.0", "--data.teacher_led_steps", "10000
 
 
 def fit_on_smoke(monkeypatch: pytest.MonkeyPatch, tmp: Path, epochs: int, args: list[str]) -> dict[str, list]:
-    """``train.py fit`` in this process: the debug config's own data (96-step episodes across epochs), a scripted
-    teacher, ``epochs`` epochs of 512 agent steps, no evaluation."""
+    """``train.py fit`` in this process: the debug config's own data (96-step episodes across epochs: two
+    minibatches of 256 per epoch), a scripted teacher, ``epochs`` epochs of 512 agent steps, no evaluation. The
+    logged scalars, and the run's optimizer steps under ``"optimizer_steps"``."""
     cfg = write_config(tmp, epochs, evaluation=False, deterministic=False, teacher="scripted")
     assert run_main(monkeypatch, tmp, "fit", "--config", cfg, *args, "--run_name", "ks") == 0
-    return scalars(tmp / "lightning_logs" / "ks")
+    run = tmp / "lightning_logs" / "ks"
+    steps = torch.load(run / "checkpoints/last.ckpt", weights_only=False)["global_step"]
+    return {**scalars(run), "optimizer_steps": steps}
 
 
 @pytest.fixture(scope="module")
 def schedule_run(tmp_path_factory) -> dict[str, list]:
-    """16 epochs of 512 agent steps on smoke."""
+    """16 epochs of 512 agent steps on smoke, with two cloning passes per epoch while cloning lasts."""
     with pytest.MonkeyPatch.context() as mp:
-        return fit_on_smoke(mp, tmp_path_factory.mktemp("schedule"), 16, SCHEDULE)
+        return fit_on_smoke(mp, tmp_path_factory.mktemp("schedule"), 16, [*SCHEDULE, "--model.bc_epochs", "2"])
 
 
 def test_kickstart_fit_logs_the_teacher_metrics(schedule_run):
@@ -326,6 +331,24 @@ def test_the_schedules_reach_zero_and_the_teacher_stops(schedule_run):
         assert (seconds[epoch] > 0) == (512 * epoch < 6144), (epoch, seconds[epoch])
     assert led[0] > 0.2  # about half the agents at the start
     assert set(by_epoch("teacher/agreement")) == set(by_epoch("losses/bc_loss")) == set(range(12))
+
+
+def test_cloning_passes_run_while_cloning_lasts(schedule_run):
+    """Each epoch: PPO's two minibatches; while the BC weight is above 0 (epochs 0-11), two cloning passes of
+    two minibatches each, with their loss logged."""
+    assert schedule_run["optimizer_steps"] == 16 * 2 + 12 * 2 * 2
+    assert [s // 512 - 1 for s, _ in schedule_run["losses/bc_pass_loss"]] == list(range(12))
+
+
+def test_cloning_passes_clone_faster(monkeypatch, tmp_path):
+    """Every agent teacher-led (nothing for PPO): after four epochs, three extra cloning passes per epoch leave a
+    lower cloning loss than the one pass alone."""
+    final = {}
+    for passes in (0, 3):
+        (tmp_path / str(passes)).mkdir()
+        logged = fit_on_smoke(monkeypatch, tmp_path / str(passes), 4, [*CLONING, "--model.bc_epochs", str(passes)])
+        final[passes] = logged["losses/bc_loss"][-1][1]
+    assert final[3] < final[0] - 0.1, final
 
 
 def test_the_async_collector_runs_the_teacher_one_update_behind(monkeypatch, tmp_path):
