@@ -371,12 +371,12 @@ def test_behaviour_cloning_raises_agreement(monkeypatch, tmp_path):
 
 def test_ddp_each_rank_runs_its_own_teacher(tmp_path):
     """Two DDP ranks, each with its own serial envs and teacher; every agent teacher-led, so every episode on
-    both ranks is the scripted team's, and the weights stay identical on both ranks."""
+    both ranks is the scripted team's, and the weights stay identical on both ranks (through a cloning pass too)."""
     probe = {"class_path": "fault_injection.DDPProbe", "init_args": {"out_dir": str(tmp_path)}}
     cfg = write_config(tmp_path, 4, [probe], evaluation=False, teacher="scripted", teacher_led_start=1.0,
                        teacher_led_steps=10**9)
     code, _, err = train(cfg, tmp_path, "--run_name", "ddp", "--model.bc_coef_start", "1.0",
-                         "--model.bc_steps", "100000", *DDP)
+                         "--model.bc_steps", "100000", "--model.bc_epochs", "1", *DDP)
     assert code == 0, err[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["steps_checked"] == ranks[1]["steps_checked"] > 0
