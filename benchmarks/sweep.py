@@ -7,7 +7,8 @@ variants (each a set of overrides), the seeds, the step budget and the evaluatio
   time, each with one torch thread (``model.torch_threads 1``), a numbered checkpoint every ``eval_every``
   agent steps and no in-training evaluation;
 - evaluates every numbered checkpoint with ``train.py test`` on held-out maps (``eval_episodes`` episodes,
-  sampled actions), as soon as the checkpoint exists, in the same process pool;
+  sampled actions), in the same process pool, as soon as the checkpoint exists and a slot is free (while every
+  slot trains, a second invocation with ``--eval-only`` evaluates beside them);
 - appends one CSV row per evaluated checkpoint to ``benchmarks/results/sweeps/<sweep>.csv`` (junctions aligned
   and return, mean and std over the episodes; agent steps and training wall-clock from the checkpoint; the CPU)
   and redraws ``<sweep>.png``: aligned per episode against agent steps and against wall-clock seconds.
@@ -19,6 +20,7 @@ evaluated again. SIGINT/SIGTERM stops the children gracefully (they save ``last.
     nohup python benchmarks/sweep.py benchmarks/sweeps/screen.yaml > sweep.log 2>&1 &
     python benchmarks/sweep.py benchmarks/sweeps/screen.yaml --plot-only
     python benchmarks/sweep.py benchmarks/sweeps/screen.yaml --dry-run   # print the commands
+    python benchmarks/sweep.py benchmarks/sweeps/screen.yaml --eval-only --parallel 1  # beside a busy sweep
 
 Wall-clock is the trainer's own (``train_seconds`` in the checkpoint: training epochs only, summed over
 resumes), measured under the sweep's conditions: ``--parallel`` runs side by side, one thread each.
@@ -151,8 +153,8 @@ class Job:
 
 class Runner:
     def __init__(self, sweep: Sweep, parallel: int, dry_run: bool, variants: list[str] | None = None,
-                 seeds: list[int] | None = None):
-        self.sweep, self.parallel, self.dry_run = sweep, parallel, dry_run
+                 seeds: list[int] | None = None, eval_only: bool = False):
+        self.sweep, self.parallel, self.dry_run, self.eval_only = sweep, parallel, dry_run, eval_only
         unknown = set(variants or []) - set(sweep.variants)
         if unknown:
             raise SystemExit(f"--variants: {sorted(unknown)} not in {sweep.name}'s variants {list(sweep.variants)}")
@@ -201,7 +203,7 @@ class Runner:
             for ckpt in sorted(ckpt_dir.glob("epoch=*.ckpt"), key=lambda p: int(p.name.split("=")[1].split("-")[0])):
                 if (v, seed, ckpt.name) not in done and not self.busy(v, seed, "eval", ckpt):
                     return self.eval_job(v, seed, ckpt)
-        for v, seed in order:
+        for v, seed in order if not self.eval_only else []:
             if not self.busy(v, seed, "train") and not self.train_done(v, seed):
                 return self.train_job(v, seed)
         return None
@@ -392,13 +394,16 @@ def main() -> None:
     parser.add_argument("--dry-run", action="store_true", help="print the next commands and exit")
     parser.add_argument("--variants", nargs="+", metavar="NAME", help="work on these variants only")
     parser.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="work on these seeds only")
+    parser.add_argument("--eval-only", action="store_true",
+                        help="evaluate the checkpoints not yet in the CSV, start no training, exit when done (beside "
+                             "a sweep whose slots are all training)")
     parser.add_argument("--compare", nargs=2, metavar="VARIANT", help="compare two variants over seeds and exit")
     args = parser.parse_args()
     sweep = Sweep.load(args.sweep)
     if args.compare:
         compare(sweep, RESULTS / f"{sweep.name}.csv", *args.compare)
         return
-    runner = Runner(sweep, args.parallel, args.dry_run, args.variants, args.seeds)
+    runner = Runner(sweep, args.parallel, args.dry_run, args.variants, args.seeds, args.eval_only)
     if args.plot_only:
         plot(sweep, runner.csv_path)
         return
