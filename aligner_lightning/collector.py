@@ -70,6 +70,7 @@ class RolloutRecipe:
     teacher: str | None
     teacher_led_start: float
     teacher_led_steps: int
+    teacher_led_by: str
 
     def build(self, device: torch.device) -> Rollout:
         vecenv = make_vecenv(self.factory, self.num_envs, self.backend, self.num_workers, self.env_batch_size)
@@ -84,7 +85,7 @@ class RolloutRecipe:
         return Rollout(vecenv, self.segments, self.horizon, device, store_initial_state=self.store_initial_state,
                        reset_lstm_on_done=self.reset_lstm_on_done, reset_envs_each_epoch=self.reset_envs_each_epoch,
                        carry_lstm_state=self.carry_lstm_state, reward_scale=self.reward_scale,
-                       reward_clip=self.reward_clip, teacher=teacher)
+                       reward_clip=self.reward_clip, teacher=teacher, teacher_led_by=self.teacher_led_by)
 
 
 def _collect(rollout: Rollout, policy: torch.nn.Module, recipe: RolloutRecipe, update: PolicyUpdate,

@@ -26,7 +26,7 @@ from aligner_lightning.errors import raise_if
 from aligner_lightning.experience import Experience
 from aligner_lightning.missions import make_mission
 from aligner_lightning.rollout import Rollout
-from aligner_lightning.teacher import TEACHERS, schedule_problems
+from aligner_lightning.teacher import LED_BY, TEACHERS, schedule_problems
 
 
 class RolloutDataModule(L.LightningDataModule):
@@ -55,6 +55,7 @@ class RolloutDataModule(L.LightningDataModule):
         teacher: str | None = None,
         teacher_led_start: float = 0.0,
         teacher_led_steps: int = 0,
+        teacher_led_by: str = "agent",
         collector: str = "sync",
         collector_threads: int = 1,
     ):
@@ -94,6 +95,9 @@ class RolloutDataModule(L.LightningDataModule):
                 teacher (those steps are masked out of the PPO loss and feed behaviour cloning only); it falls
                 linearly to 0 over ``teacher_led_steps``.
             teacher_led_steps: global agent steps over which ``teacher_led_start`` falls to 0.
+            teacher_led_by: what one teacher-led draw covers: ``agent`` (each agent's episode on its own, so a
+                student plays beside teacher-led teammates) or ``env`` (every agent of an env's episode: whole
+                teams are the teacher's or the student's).
             collector: ``sync`` (PuffeRL: collect, then train, in turn) or ``async`` (option: a process of its
                 own collects the next rollout while the learner trains on this one; the policy lag is one update;
                 serial backend only). See docs/algorithm.md.
@@ -196,6 +200,8 @@ class RolloutDataModule(L.LightningDataModule):
             p.append(f"data.teacher={hp.teacher!r}: must be null (no teacher) or one of {', '.join(TEACHERS)}")
         p += schedule_problems("data.teacher_led_start", hp.teacher_led_start, "data.teacher_led_steps",
                                hp.teacher_led_steps, upper=1.0)
+        if hp.teacher_led_by not in LED_BY:
+            p.append(f"data.teacher_led_by={hp.teacher_led_by!r}: must be one of {', '.join(LED_BY)}")
         if not p and hp.teacher_led_start > 0 and hp.teacher is None:
             p.append(f"data.teacher_led_start={hp.teacher_led_start}: needs a teacher "
                      f"(data.teacher: {' or '.join(TEACHERS)})")
@@ -219,7 +225,8 @@ class RolloutDataModule(L.LightningDataModule):
             store_initial_state=hp.store_initial_state, reset_lstm_on_done=hp.reset_lstm_on_done,
             reset_envs_each_epoch=hp.reset_envs_each_epoch, carry_lstm_state=hp.carry_lstm_state,
             reward_scale=hp.reward_scale, reward_clip=hp.reward_clip, teacher=hp.teacher,
-            teacher_led_start=hp.teacher_led_start, teacher_led_steps=hp.teacher_led_steps)
+            teacher_led_start=hp.teacher_led_start, teacher_led_steps=hp.teacher_led_steps,
+            teacher_led_by=hp.teacher_led_by)
 
     def make_rollout(self, device: torch.device) -> Rollout:
         """This rank's vector env and rollout buffer, with this module's options (for driving it by hand)."""

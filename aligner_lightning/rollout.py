@@ -64,7 +64,7 @@ class Rollout:
 
     def __init__(self, vecenv, segments: int, horizon: int, device: torch.device, *, store_initial_state: bool,
                  reset_lstm_on_done: bool, reset_envs_each_epoch: bool, carry_lstm_state: bool, reward_scale: float,
-                 reward_clip: float, teacher: ScriptedTeacher | None):
+                 reward_clip: float, teacher: ScriptedTeacher | None, teacher_led_by: str = "agent"):
         """The options are ``RolloutDataModule``'s arguments of the same names (``RolloutRecipe.build`` passes them)."""
         self.vecenv = vecenv
         self.horizon = horizon
@@ -78,6 +78,8 @@ class Rollout:
         self.store_initial_state = store_initial_state
         self.teacher = teacher
         self._led: dict[int, torch.Tensor] = {}  # env batch start -> which of its agents the teacher leads
+        # One draw per agent, or one per env shared by its agents (contiguous in a batch, as the backends order them).
+        self._led_group = vecenv.driver_env.num_agents if teacher_led_by == "env" else 1
         self.reset_lstm_on_done = reset_lstm_on_done
         self.reset_envs_each_epoch = reset_envs_each_epoch
         self.carry_lstm_state = carry_lstm_state
@@ -220,7 +222,8 @@ class Rollout:
         """The teacher's actions for one env batch; the teacher-led agents execute them.
 
         An agent is drawn (probability ``led_fraction``) when it is first seen and whenever its episode has just
-        ended (``done``: the action chosen now is the next episode's first). Returns the executed actions, their
+        ended (``done``: the action chosen now is the next episode's first); with ``teacher_led_by: env`` the
+        agents of one env share their env's draw (they start and end their episodes together). Returns the executed actions, their
         log-probabilities under the student (the same formula as ``sample_actions``), the teacher's labels and
         the teacher-led mask.
         """
@@ -230,10 +233,10 @@ class Rollout:
         led = self._led.get(start)
         if led_fraction > 0:
             if led is None:
-                led = (torch.rand(n) < led_fraction).to(self.device)
+                led = self._draw_led(n, led_fraction)
             elif done.any():
                 redraw = torch.from_numpy(done.astype(bool)).to(self.device)
-                led = torch.where(redraw, (torch.rand(n) < led_fraction).to(self.device), led)
+                led = torch.where(redraw, self._draw_led(n, led_fraction), led)
             self._led[start] = led
         else:
             led = torch.zeros(n, dtype=torch.bool, device=self.device)
@@ -241,6 +244,11 @@ class Rollout:
             action = torch.where(led, teacher_action, action)
             logprob = action_logprob(logits, action)
         return action, logprob, torch.from_numpy(label_np).to(self.device), led
+
+    def _draw_led(self, n: int, led_fraction: float) -> torch.Tensor:
+        """Teacher-led or not for ``n`` agents, drawn per agent or per env (``_led_group`` agents each)."""
+        draw = torch.rand(n).view(-1, self._led_group)[:, :1].expand(-1, self._led_group).reshape(-1)
+        return (draw < led_fraction).to(self.device)
 
     def seed_state(self) -> list[dict] | None:
         return vecenv_seed_state(self.vecenv)

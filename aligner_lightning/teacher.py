@@ -16,8 +16,9 @@ Two uses, each with a linear schedule over global agent steps (``linear_anneal``
   cloning it would teach standing still.
 - **Teacher-led agents** (``data.teacher_led_start``, ``data.teacher_led_steps``): per agent and per episode,
   with probability ``led`` (the schedule's value when the episode starts), the agent executes the teacher's
-  actions for its whole episode, as Metta's sliced cloner slices agents. When the schedule reaches 0, every
-  agent is the student's at once.
+  actions for its whole episode, as Metta's sliced cloner slices agents; with ``data.teacher_led_by: env``
+  the draw is per env, so whole teams are teacher-led. When the schedule reaches 0, every agent is the
+  student's at once.
 
 PPO and the teacher-led steps: **masked**. They are left out of the whole PPO loss (clipped surrogate, value
 loss, entropy bonus, and the advantage normalisation), so PPO learns from the student's own steps only, and
@@ -49,6 +50,7 @@ from aligner_lightning.scripted import ScriptedTeam
 # agent has had in view this episode and otherwise walks to the nearest cell it has not seen (``ScriptedTeam``'s
 # local mode), so its choices rest on what the student could have observed.
 TEACHERS = ("scripted", "scripted_local")
+LED_BY = ("agent", "env")  # data.teacher_led_by: one teacher-led draw per agent's episode, or per env's
 NO_LABEL = -1  # a step without a teacher label (the teacher was idle)
 
 

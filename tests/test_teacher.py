@@ -22,11 +22,12 @@ from aligner_lightning.teacher import NO_LABEL, ScriptedTeacher, linear_anneal
 NUM_ENVS, AGENTS, HORIZON = 2, 4, 16
 
 
-def smoke_rollout(segments_per_agent: int, seed: int = 3, teacher: str = "scripted") -> tuple[Rollout, EnvFactory]:
+def smoke_rollout(segments_per_agent: int, seed: int = 3, teacher: str = "scripted",
+                  **options) -> tuple[Rollout, EnvFactory]:
     """A scripted-teacher rollout on two smoke envs (no early reset), built as training builds it."""
     steps = NUM_ENVS * AGENTS * segments_per_agent * HORIZON
     dm = RolloutDataModule(mission="smoke", num_envs=NUM_ENVS, seed=seed, early_reset=False, bptt_horizon=HORIZON,
-                           batch_size=steps, minibatch_size=steps, teacher=teacher)
+                           batch_size=steps, minibatch_size=steps, teacher=teacher, **options)
     return dm.make_rollout(torch.device("cpu")), dm.factory
 
 
@@ -178,6 +179,26 @@ def test_teacher_led_steps_record_the_students_logprob_of_the_executed_action():
     rollout.close()
 
 
+def test_teacher_led_by_env_leads_whole_teams():
+    """With ``teacher_led_by: env`` the four agents of an env are led, or not, together, episode by episode;
+    per agent (the default), the same draws split teams."""
+    mixed_teams = 0
+    for led_by in ("env", "agent"):
+        rollout, factory = smoke_rollout(segments_per_agent=12, teacher_led_by=led_by)  # one auto-reset at 96
+        policy = policy_for(factory)
+        for draw in range(4):
+            torch.manual_seed(draw)
+            rollout.collect(policy, teacher_led=0.5, use_teacher=True)
+            flags = torch.stack([agent_sequence(rollout.buffer.teacher_led, a) for a in range(NUM_ENVS * AGENTS)])
+            teams = flags.view(NUM_ENVS, AGENTS, -1)
+            same = bool((teams == teams[:, :1]).all())
+            if led_by == "env":
+                assert same, teams
+            mixed_teams += not same
+        rollout.close()
+    assert mixed_teams > 0  # per agent, some team was split
+
+
 def test_teacher_led_steps_are_masked_out_of_the_ppo_loss():
     """The PPO loss with a step mask is the PPO loss of the kept steps alone, and the masked steps get no
     gradient; with every step kept it is PuffeRL's loss."""
@@ -267,6 +288,7 @@ def test_auto_backend_choosing_multiprocessing_with_a_teacher_is_refused(monkeyp
     (["--model.bc_coef_start", "-1"], "model.bc_coef_start=-1.0: must be >= 0"),
     (["--model.bc_coef_start", "1.0", "--model.bc_steps", "100"], "behaviour cloning needs a teacher"),
     (["--model.bc_epochs", "-1"], "model.bc_epochs=-1: must be >= 0"),
+    (["--data.teacher_led_by", "team"], "data.teacher_led_by='team': must be one of agent, env"),
     (["--model.bc_epochs", "2"], "model.bc_epochs=2: cloning passes need a cloning weight"),
 ])
 def test_bad_teacher_settings_get_one_clear_error(monkeypatch, capsys, tmp_path, args, expected):
