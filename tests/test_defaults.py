@@ -100,3 +100,13 @@ def test_renamed_argument_still_works_and_names_the_new_one():
         module = AlignerPPO(eval_video=False)
     assert module.hparams.eval_gif is False and module.eval_settings.gif is False
     assert "eval_video" not in module.hparams
+
+
+def test_the_configuration_docs_list_every_key():
+    """docs/configuration.md's data.* and model.* tables name every argument (a row may name several)."""
+    text = (ROOT / "docs/configuration.md").read_text()
+    for group, cls in GROUPS.items():
+        section = text.split(f"## `{group}.*`")[1].split("\n## ")[0]
+        named = set(re.findall(r"`(\w+)`", section))
+        missing = set(arguments(cls)) - named
+        assert not missing, f"docs/configuration.md does not list {group}.{sorted(missing)}"
