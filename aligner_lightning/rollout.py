@@ -64,7 +64,7 @@ class Rollout:
 
     def __init__(self, vecenv, segments: int, horizon: int, device: torch.device, *, store_initial_state: bool,
                  reset_lstm_on_done: bool, reset_envs_each_epoch: bool, carry_lstm_state: bool, reward_scale: float,
-                 reward_clip: float, teacher: ScriptedTeacher | None, teacher_led_by: str = "agent"):
+                 reward_clip: float, teacher: ScriptedTeacher | None, teacher_led_by: str):
         """The options are ``RolloutDataModule``'s arguments of the same names (``RolloutRecipe.build`` passes them)."""
         self.vecenv = vecenv
         self.horizon = horizon
