@@ -203,7 +203,9 @@ class Runner:
             for ckpt in sorted(ckpt_dir.glob("epoch=*.ckpt"), key=lambda p: int(p.name.split("=")[1].split("-")[0])):
                 if (v, seed, ckpt.name) not in done and not self.busy(v, seed, "eval", ckpt):
                     return self.eval_job(v, seed, ckpt)
-        for v, seed in order if not self.eval_only else []:
+        if self.eval_only:
+            return None
+        for v, seed in order:
             if not self.busy(v, seed, "train") and not self.train_done(v, seed):
                 return self.train_job(v, seed)
         return None
