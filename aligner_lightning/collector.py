@@ -33,6 +33,7 @@ from aligner_lightning.experience import Experience
 from aligner_lightning.policy_spec import build_policy
 from aligner_lightning.rng import capture_rng, restore_rng
 from aligner_lightning.rollout import Rollout
+from aligner_lightning.shaping import RefillShaping
 from aligner_lightning.teacher import ScriptedTeacher, linear_anneal
 
 COLLECTORS = ("sync", "async")
@@ -67,6 +68,7 @@ class RolloutRecipe:
     carry_lstm_state: bool
     reward_scale: float
     reward_clip: float
+    refill_shaping: float
     teacher: str | None
     teacher_led_start: float
     teacher_led_steps: int
@@ -85,7 +87,9 @@ class RolloutRecipe:
         return Rollout(vecenv, self.segments, self.horizon, device, store_initial_state=self.store_initial_state,
                        reset_lstm_on_done=self.reset_lstm_on_done, reset_envs_each_epoch=self.reset_envs_each_epoch,
                        carry_lstm_state=self.carry_lstm_state, reward_scale=self.reward_scale,
-                       reward_clip=self.reward_clip, teacher=teacher, teacher_led_by=self.teacher_led_by)
+                       reward_clip=self.reward_clip, teacher=teacher, teacher_led_by=self.teacher_led_by,
+                       shaping=RefillShaping.for_mission(self.refill_shaping, self.factory.config())
+                       if self.refill_shaping > 0 else None)
 
 
 def _collect(rollout: Rollout, policy: torch.nn.Module, recipe: RolloutRecipe, update: PolicyUpdate,

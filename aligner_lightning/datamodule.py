@@ -51,6 +51,7 @@ class RolloutDataModule(L.LightningDataModule):
         carry_lstm_state: bool = False,
         reward_scale: float = 1.0,
         reward_clip: float = 1.0,
+        refill_shaping: float = 0.0,
         reset_envs_each_epoch: bool = False,
         teacher: str | None = None,
         teacher_led_start: float = 0.0,
@@ -84,6 +85,9 @@ class RolloutDataModule(L.LightningDataModule):
                 is 1 and 1. A scale of 0.2 keeps the aligner's shaping apart (an alignment no longer counts the
                 same as a gear pickup). Logged episode returns are always the env's own.
             reward_clip: the clamp's bound, applied after the scale.
+            refill_shaping: option (0 = off): a training-only reward of this much per step closer to the spawn
+                pad while an agent holds aligner gear and no heart, added to the env's reward before the scale
+                and the clamp (``aligner_lightning/shaping.py``).
             reset_envs_each_epoch: deterministic mode (serial only): reset every env at each epoch's start with
                 seeds from (seed, rank, env index, epoch), so a resumed run replays exactly; episodes still
                 running at an epoch's end are cut (keep episodes no longer than the rollout).
@@ -167,6 +171,8 @@ class RolloutDataModule(L.LightningDataModule):
             p.append(f"data.reward_scale={self.hparams.reward_scale}: must be > 0 (1 = PuffeRL)")
         if not self.hparams.reward_clip > 0:
             p.append(f"data.reward_clip={self.hparams.reward_clip}: must be > 0 (1 = PuffeRL)")
+        if not 0 <= self.hparams.refill_shaping < float("inf"):
+            p.append(f"data.refill_shaping={self.hparams.refill_shaping}: must be >= 0 (0 = off)")
         p += self._validate_teacher()
         if self.hparams.collector not in COLLECTORS:
             p.append(f"data.collector={self.hparams.collector!r}: must be one of {', '.join(COLLECTORS)}")
@@ -224,7 +230,8 @@ class RolloutDataModule(L.LightningDataModule):
             env_batch_size=self.env_batch_size, segments=self.segments, horizon=self.horizon,
             store_initial_state=hp.store_initial_state, reset_lstm_on_done=hp.reset_lstm_on_done,
             reset_envs_each_epoch=hp.reset_envs_each_epoch, carry_lstm_state=hp.carry_lstm_state,
-            reward_scale=hp.reward_scale, reward_clip=hp.reward_clip, teacher=hp.teacher,
+            reward_scale=hp.reward_scale, reward_clip=hp.reward_clip, refill_shaping=hp.refill_shaping,
+            teacher=hp.teacher,
             teacher_led_start=hp.teacher_led_start, teacher_led_steps=hp.teacher_led_steps,
             teacher_led_by=hp.teacher_led_by)
 

@@ -16,6 +16,7 @@ from aligner_lightning.envs import reseed_vecenv, restore_vecenv_seed_state, vec
 from aligner_lightning.experience import Experience
 from aligner_lightning.policy import action_logprob, sample_actions
 from aligner_lightning.policy_spec import RecurrentPolicy, State
+from aligner_lightning.shaping import RefillShaping
 from aligner_lightning.teacher import NO_LABEL, ScriptedTeacher
 
 
@@ -64,7 +65,8 @@ class Rollout:
 
     def __init__(self, vecenv, segments: int, horizon: int, device: torch.device, *, store_initial_state: bool,
                  reset_lstm_on_done: bool, reset_envs_each_epoch: bool, carry_lstm_state: bool, reward_scale: float,
-                 reward_clip: float, teacher: ScriptedTeacher | None, teacher_led_by: str):
+                 reward_clip: float, teacher: ScriptedTeacher | None, teacher_led_by: str,
+                 shaping: RefillShaping | None):
         """The options are ``RolloutDataModule``'s arguments of the same names (``RolloutRecipe.build`` passes them)."""
         self.vecenv = vecenv
         self.horizon = horizon
@@ -84,6 +86,7 @@ class Rollout:
         self.reset_envs_each_epoch = reset_envs_each_epoch
         self.carry_lstm_state = carry_lstm_state
         self.reward_scale, self.reward_clip = reward_scale, reward_clip
+        self.shaping = shaping  # option: a training-only reward added to the env's (shaping.py)
         self.episodes = EpisodeStats()
         self.agent_steps = 0  # this process's env steps, all epochs
         self._state: dict[int, State] = {}  # env batch start -> the policy state of its agents
@@ -96,6 +99,8 @@ class Rollout:
     def start(self) -> None:
         """Reset every env (each with its own seed) once, before the first epoch."""
         self.vecenv.async_reset(0)  # the number is ignored: SeededPufferEnv keeps its (seed, rank, index) seed
+        if self.shaping is not None:
+            self.shaping.reset()
         self._started = True
 
     @torch.inference_mode()
@@ -154,6 +159,8 @@ class Rollout:
                 obs = self._obs_host[:n].to(device, non_blocking=True)
             # Not in place: on CPU these tensors share memory with the env's buffers.
             rewards = torch.from_numpy(rew_np).to(device)
+            if self.shaping is not None:
+                rewards = rewards + self.shaping.bonus(start, obs, torch.from_numpy(term_np | trunc_np).to(device))
             if self.reward_scale != 1.0:
                 rewards = rewards * self.reward_scale
             rewards = rewards.clamp(-self.reward_clip, self.reward_clip)
