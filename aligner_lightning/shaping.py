@@ -11,7 +11,8 @@ length of its ``lp`` offset, for every step it starts and ends holding gear and 
 episode's end). Over such a stretch the bonus sums to ``coef x`` (distance at its start - distance at its end):
 no loop pays, walking away costs what walking back earns, and nothing is paid while loaded or without gear.
 It reads only the agent's own observation tokens, so it runs on every backend and costs one pass over the
-observations per step. Logged episode returns stay the env's own.
+observations per step. Logged episode returns stay the env's own. Each env batch remembers its previous step
+in memory only: after a resume, its first step pays nothing.
 """
 
 from __future__ import annotations
