@@ -11,8 +11,9 @@ the simulator after every step. Each agent-step falls in one phase:
 
 Per actor it prints the share of agent-steps in each phase, the hearts taken and alignments per episode, the
 trips to the hub per agent (a trip: hearts taken after the agent had spent all it carried), the mean walking
-distance to the hub while empty, the step of the team's last alignment, and the alignable junctions still
-neutral at the end. Asserts nothing.
+distance to the hub while empty, how many of the steps taken empty-handed end nearer the agent's spawn pad and
+how many farther (the walk home that ``data.refill_shaping`` pays), the step of the team's last alignment, and
+the alignable junctions still neutral at the end. Asserts nothing.
 
     PYTHONPATH=. python benchmarks/behaviour.py CKPT [CKPT ...] [--scripted] [--episodes 8]
 """
@@ -46,6 +47,12 @@ def policy_actor(ckpt: str, seed: int) -> PolicyActor:
     return PolicyActor(policy, "cpu", generator=torch.Generator().manual_seed(seed))
 
 
+def label(ckpt: str) -> str:
+    """``<run>/<file>`` for a checkpoint under ``<run>/checkpoints/``, else the path as given."""
+    path = Path(ckpt)
+    return f"{path.parent.parent.name}/{path.name}" if path.parent.name == "checkpoints" else ckpt
+
+
 def in_view(a: tuple[int, int], b: tuple[int, int]) -> bool:
     dr, dc = a[0] - b[0], a[1] - b[1]
     return abs(dr) <= 6 and abs(dc) <= 6 and dr * dr + dc * dc <= VIEW_RADIUS2
@@ -72,6 +79,9 @@ def trace_episode(actor, mission: str, seed: int) -> dict:
         spent_out = np.zeros(sim.num_agents, dtype=bool)  # carried hearts once and has none now
         trips = np.zeros(sim.num_agents, dtype=int)
         geared = np.zeros(sim.num_agents, dtype=bool)
+        spawn = {o["agent_id"]: (o["r"], o["c"]) for o in objects.values() if o.get("agent_id") is not None}
+        last: dict[int, tuple[int, bool]] = {}  # agent -> (distance from its spawn, empty) at the previous step
+        toward = away = 0
         taken = 0
         empty_dist: list[float] = []
         last_align, aligned_prev = 0, 0
@@ -101,6 +111,12 @@ def trace_episode(actor, mission: str, seed: int) -> dict:
                     spent_out[i] = True
                 hearts_prev[i] = hearts
                 geared[i] |= o.get("inv:aligner", 0) > 0
+                empty = o.get("inv:aligner", 0) > 0 and hearts == 0
+                home = abs(pos[0] - spawn[i][0]) + abs(pos[1] - spawn[i][1])
+                if empty and i in last and last[i][1]:
+                    toward += home < last[i][0]
+                    away += home > last[i][0]
+                last[i] = (home, empty)
                 if o.get("inv:aligner", 0) == 0:
                     phases["no gear"] += 1
                 elif hearts > 0:
@@ -110,7 +126,7 @@ def trace_episode(actor, mission: str, seed: int) -> dict:
                     phases["empty, hub in view" if in_view(pos, hub) else "empty, hub out of view"] += 1
                     empty_dist.append(float(hub_dist[pos]))
         return {"phases": phases, "aligned": aligned_prev, "taken": taken, "trips": trips.mean(),
-                "never_geared": int((~geared).sum()), "agents": sim.num_agents,
+                "never_geared": int((~geared).sum()), "agents": sim.num_agents, "toward": toward, "away": away,
                 "empty_dist": empty_dist, "last_align": last_align, "neutral_left": len(neutral)}
     finally:
         env.close()
@@ -127,6 +143,8 @@ def summarise(name: str, episodes: list[dict]) -> None:
     print(f"  junctions aligned per episode  {mean('aligned'):6.2f}   hearts taken {mean('taken'):6.2f}")
     print(f"  trips back to the hub per agent {mean('trips'):5.2f}   walking distance to the hub while empty "
           f"{np.mean(dist) if dist else float('nan'):5.1f}")
+    print(f"  steps with gear and no heart that end nearer the spawn / farther: {mean('toward'):.0f} / "
+          f"{mean('away'):.0f} per episode")
     print(f"  agents per episode that never held gear {mean('never_geared'):4.2f} of {episodes[0]['agents']}")
     print(f"  last alignment at step {mean('last_align'):6.0f}   alignable junctions left neutral at the end "
           f"{mean('neutral_left'):5.1f}")
@@ -144,7 +162,7 @@ def main() -> None:
         parser.error("give at least one checkpoint, or --scripted")
     torch.set_num_threads(1)
     print(f"CPU: {cpu_name()}")
-    actors = [(Path(c).name, lambda c=c: policy_actor(c, args.seed_base)) for c in args.checkpoints]
+    actors = [(label(c), lambda c=c: policy_actor(c, args.seed_base)) for c in args.checkpoints]
     if args.scripted:
         actors.append(("scripted team", lambda: ScriptedActor(seed=args.seed_base)))
     for name, make in actors:
