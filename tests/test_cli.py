@@ -141,6 +141,7 @@ def test_shipped_configs_parse(monkeypatch, capsys, configs):
         assert "batch_size: 4096" in printed and "RunCheckpoint" in printed  # the base config is kept
     if "aligner_fast.yaml" in configs:
         assert "collector: async" in printed and "hidden_size: 128" in printed and "num_envs: 16" in printed
+        assert "update_epochs: 4" in printed and "refill_shaping: 0.05" in printed
 
 
 def test_the_fast_overlay_uses_the_small_network_as_configured():
