@@ -22,7 +22,6 @@ import torch
 from aligner_lightning.errors import ConfigError
 
 GLOBAL_LOCATION = 0xFE
-SELF_LOCATION = (6 << 4) | 6  # the agent's own cell in its 13 x 13 window
 LP_FEATURES = ("lp:east", "lp:west", "lp:north", "lp:south")
 HEART, GEAR = "inv:heart", "inv:aligner"
 
@@ -32,15 +31,19 @@ class RefillShaping:
 
     @classmethod
     def for_mission(cls, coef: float, config) -> "RefillShaping":
-        """From the mission's ``MettaGridConfig`` (its observation feature ids)."""
-        return cls(coef, {f.name: f.id for f in config.game.id_map().features()})
+        """From the mission's ``MettaGridConfig`` (its observation feature ids and window)."""
+        obs = config.game.obs
+        return cls(coef, {f.name: f.id for f in config.game.id_map().features()},
+                   self_location=(obs.height // 2) << 4 | (obs.width // 2))
 
-    def __init__(self, coef: float, feature_ids: dict[str, int]):
+    def __init__(self, coef: float, feature_ids: dict[str, int], self_location: int):
+        """``self_location``: the location byte of the agent's own cell (the centre of its window)."""
         missing = [name for name in (*LP_FEATURES, HEART, GEAR) if name not in feature_ids]
         if missing:
             raise ConfigError([f"data.refill_shaping={coef}: the mission's observations lack {', '.join(missing)} "
                                "(it needs the aligner's gear, hearts and local position); set it to 0"])
         self.coef = coef
+        self._self_location = self_location
         self._lp = torch.tensor([feature_ids[name] for name in LP_FEATURES], dtype=torch.uint8)
         self._heart, self._gear = feature_ids[HEART], feature_ids[GEAR]
         self._previous: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -51,9 +54,11 @@ class RefillShaping:
 
     def read(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``obs [agents, tokens, 3]`` uint8 -> (distance from the spawn pad, holding gear and no heart)."""
+        if self._lp.device != obs.device:  # moved once, not at every step
+            self._lp = self._lp.to(obs.device)
         location, feature, value = obs[..., 0], obs[..., 1], obs[..., 2].to(torch.int32)
-        on_self = location == SELF_LOCATION
-        lp = (location == GLOBAL_LOCATION) & torch.isin(feature, self._lp.to(obs.device))
+        on_self = location == self._self_location
+        lp = (location == GLOBAL_LOCATION) & torch.isin(feature, self._lp)
         distance = (value * lp).sum(-1)
         hearts = (value * (on_self & (feature == self._heart))).sum(-1)
         gear = (value * (on_self & (feature == self._gear))).sum(-1)

@@ -110,14 +110,15 @@ def trace_episode(actor, mission: str, seed: int) -> dict:
                 if hearts == 0 and hearts_prev[i] > 0:
                     spent_out[i] = True
                 hearts_prev[i] = hearts
-                geared[i] |= o.get("inv:aligner", 0) > 0
-                empty = o.get("inv:aligner", 0) > 0 and hearts == 0
+                gear = o.get("inv:aligner", 0) > 0
+                geared[i] |= gear
+                empty = gear and hearts == 0
                 home = abs(pos[0] - spawn[i][0]) + abs(pos[1] - spawn[i][1])
                 if empty and i in last and last[i][1]:
                     toward += home < last[i][0]
                     away += home > last[i][0]
                 last[i] = (home, empty)
-                if o.get("inv:aligner", 0) == 0:
+                if not gear:
                     phases["no gear"] += 1
                 elif hearts > 0:
                     seen = any(in_view(pos, j) for j in neutral)

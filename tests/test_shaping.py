@@ -12,9 +12,10 @@ from aligner_lightning.envs import EnvFactory
 from aligner_lightning.errors import ConfigError
 from aligner_lightning.policy import AlignerPolicy
 from aligner_lightning.scripted import ScriptedTeam
-from aligner_lightning.shaping import GLOBAL_LOCATION, SELF_LOCATION, RefillShaping
+from aligner_lightning.shaping import GLOBAL_LOCATION, RefillShaping
 
 IDS = {"lp:east": 7, "lp:west": 8, "lp:north": 9, "lp:south": 10, "inv:heart": 14, "inv:aligner": 28}
+SELF_LOCATION = 0x66  # the centre of a 13 x 13 window
 
 
 def test_it_reads_each_agents_offset_from_its_spawn_and_whether_it_holds_gear_and_no_heart():
@@ -53,7 +54,7 @@ def agent_obs(distance_east: int, hearts: int, gear: int) -> torch.Tensor:
 
 
 def test_it_pays_each_step_closer_to_the_spawn_while_empty_and_nothing_else():
-    shaping = RefillShaping(0.5, IDS)
+    shaping = RefillShaping(0.5, IDS, SELF_LOCATION)
     no, yes = torch.tensor([False]), torch.tensor([True])
     steps = [  # (east offset, hearts, gear, episode ended at this step, expected bonus)
         (10, 0, 1, no, 0.0),    # first sight of this batch: nothing to compare with
@@ -75,7 +76,7 @@ def test_it_pays_each_step_closer_to_the_spawn_while_empty_and_nothing_else():
 
 def test_a_mission_without_the_features_is_refused_by_name():
     with pytest.raises(ConfigError, match=r"data.refill_shaping=0.1: .*lack lp:north, lp:south.*set it to 0"):
-        RefillShaping(0.1, {k: v for k, v in IDS.items() if k not in ("lp:north", "lp:south")})
+        RefillShaping(0.1, {k: v for k, v in IDS.items() if k not in ("lp:north", "lp:south")}, SELF_LOCATION)
 
 
 def test_a_negative_coefficient_is_refused_by_name():
