@@ -182,17 +182,14 @@ class ScriptedTeam:
         neutral = {
             o["id"]: o
             for o in by_type.get("junction", [])
-            if team_id not in o["tag_ids"] and _alignable((o["r"], o["c"]), (hub["r"], hub["c"]), net_cells)
+            if team_id not in o["tag_ids"] and alignable((o["r"], o["c"]), (hub["r"], hub["c"]), net_cells)
         }
         return agents, (hub, station, neutral)
 
     def _current_world(self) -> _World:
         sim = self._env.current_simulation
         if self._world is None or self._world.sim is not sim:
-            blocked = np.zeros((sim.map_height, sim.map_width), dtype=bool)
-            for o in sim.grid_objects().values():
-                if o.get("agent_id") is None:
-                    blocked[o["r"], o["c"]] = True
+            blocked = blocked_cells(sim)
             tag_ids = {name: i for i, name in enumerate(sim.config.game.id_map().tag_names())}
             self._world = _World(sim=sim, blocked=blocked, tag_ids=tag_ids)
             if self.reuse:
@@ -296,7 +293,21 @@ def _look(state: _AgentState, pos: Cell, shape: tuple[int, int]) -> None:
     state.seen[r0:r1, c0:c1] |= VIEW_MASK[r0 - r + half:r1 - r + half, c0 - c + half:c1 - c + half]
 
 
-def _alignable(cell: Cell, hub: Cell, net_cells: list[Cell]) -> bool:
+def blocked_cells(sim: Simulation) -> np.ndarray:
+    """[height, width] bool: the cells an agent cannot walk onto (every object but the agents)."""
+    blocked = np.zeros((sim.map_height, sim.map_width), dtype=bool)
+    for o in sim.grid_objects().values():
+        if o.get("agent_id") is None:
+            blocked[o["r"], o["c"]] = True
+    return blocked
+
+
+def walking_distances(blocked: np.ndarray, goal: Cell) -> np.ndarray:
+    """Walking distance from every free cell to a neighbour of ``goal`` (inf where unreachable)."""
+    return _graph_bfs(_grid_graph(blocked), blocked, _neighbours(goal))
+
+
+def alignable(cell: Cell, hub: Cell, net_cells: list[Cell]) -> bool:
     """The alignment distance rule: within 15 of a net:cogs member or within 25 of the hub (Euclidean)."""
     if _dist2(cell, hub) <= ALIGN_HUB_RADIUS**2:
         return True

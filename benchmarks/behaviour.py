@@ -33,7 +33,7 @@ from aligner_lightning.export import load_policy_checkpoint
 from aligner_lightning.machine import cpu_name
 from aligner_lightning.missions.aligner import NET_TAG, TEAM_TAG
 from aligner_lightning.policy_spec import build_policy
-from aligner_lightning.scripted import VIEW_RADIUS2, _alignable, _graph_bfs, _grid_graph, _neighbours
+from aligner_lightning.scripted import VIEW_RADIUS2, alignable, blocked_cells, walking_distances
 
 PHASES = ("no gear", "loaded, junction in view", "loaded, none in view", "empty, hub in view",
           "empty, hub out of view")
@@ -67,13 +67,9 @@ def trace_episode(actor, mission: str, seed: int) -> dict:
         actor.reset(sim.num_agents)
         tags = {name: i for i, name in enumerate(sim.config.game.id_map().tag_names())}
         objects = sim.grid_objects()
-        blocked = np.zeros((sim.map_height, sim.map_width), dtype=bool)
-        for o in objects.values():
-            if o.get("agent_id") is None:
-                blocked[o["r"], o["c"]] = True
         hub_obj = next(o for o in objects.values() if o["type_name"] == "hub")
         hub = (hub_obj["r"], hub_obj["c"])
-        hub_dist = _graph_bfs(_grid_graph(blocked), blocked, _neighbours(hub))
+        hub_dist = walking_distances(blocked_cells(sim), hub)
         phases: Counter = Counter()
         hearts_prev = np.zeros(sim.num_agents, dtype=int)
         spent_out = np.zeros(sim.num_agents, dtype=bool)  # carried hearts once and has none now
@@ -93,7 +89,7 @@ def trace_episode(actor, mission: str, seed: int) -> dict:
             net = [(o["r"], o["c"]) for o in objects.values() if tags[NET_TAG] in o["tag_ids"]]
             junctions = [o for o in objects.values() if o["type_name"] == "junction"]
             neutral = [(o["r"], o["c"]) for o in junctions if tags[TEAM_TAG] not in o["tag_ids"]
-                       and _alignable((o["r"], o["c"]), hub, net)]
+                       and alignable((o["r"], o["c"]), hub, net)]
             aligned = sum(tags[TEAM_TAG] in o["tag_ids"] for o in junctions)
             if aligned > aligned_prev:
                 last_align = sim.current_step
