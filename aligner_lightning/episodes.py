@@ -51,6 +51,7 @@ class PolicyActor:
 
     The LSTM state starts from zeros at ``reset`` and carries over the whole episode. ``generator`` (on the
     policy's device) makes the sampling reproducible, and keeps it off the global RNG that training draws from.
+    ``last_logits`` holds the logits of the latest ``act`` (for analyses that compare them with a teacher).
     """
 
     def __init__(self, policy: AlignerPolicy, device: torch.device | str | None = None, greedy: bool = False,
@@ -60,6 +61,7 @@ class PolicyActor:
         self.greedy = greedy
         self.generator = generator
         self._state: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.last_logits: torch.Tensor | None = None
 
     def reset(self, num_agents: int) -> None:
         self._state = self.policy.initial_state(num_agents, self.device)
@@ -69,6 +71,7 @@ class PolicyActor:
         if self._state is None:
             raise RuntimeError("PolicyActor.act before reset")
         logits, _, self._state = self.policy.step(torch.from_numpy(obs).to(self.device), self._state)
+        self.last_logits = logits
         if self.greedy:
             actions = logits.argmax(dim=-1)
         else:

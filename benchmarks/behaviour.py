@@ -15,7 +15,14 @@ distance to the hub while empty, how many of the steps taken empty-handed end ne
 how many farther (the walk home that ``data.refill_shaping`` pays), the step of the team's last alignment, and
 the alignable junctions still neutral at the end. Asserts nothing.
 
+``--teacher scripted|scripted_local`` also runs that scripted team in the shadow of a checkpoint's agents, as
+the kickstart teacher labels the student's own states: at every step it reads the simulator and chooses its
+action for each agent, and the script prints, per phase of the state the agent was in, how often the policy's
+most likely action is the teacher's (over the steps where the teacher was not idle). It shows which part of the
+teacher's behaviour a student copies and which it cannot.
+
     PYTHONPATH=. python benchmarks/behaviour.py CKPT [CKPT ...] [--scripted] [--episodes 8]
+    PYTHONPATH=. python benchmarks/behaviour.py CKPT --teacher scripted_local
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from aligner_lightning.export import load_policy_checkpoint
 from aligner_lightning.machine import cpu_name
 from aligner_lightning.missions.aligner import NET_TAG, TEAM_TAG
 from aligner_lightning.policy_spec import build_policy
-from aligner_lightning.scripted import VIEW_RADIUS2, alignable, blocked_cells, walking_distances
+from aligner_lightning.scripted import VIEW_RADIUS2, ScriptedTeam, alignable, blocked_cells, walking_distances
 
 PHASES = ("no gear", "loaded, junction in view", "loaded, none in view", "empty, hub in view",
           "empty, hub out of view")
@@ -58,8 +65,9 @@ def in_view(a: tuple[int, int], b: tuple[int, int]) -> bool:
     return abs(dr) <= 6 and abs(dc) <= 6 and dr * dr + dc * dc <= VIEW_RADIUS2
 
 
-def trace_episode(actor, mission: str, seed: int) -> dict:
-    """One episode: phase counts over agent-steps, and per-episode totals."""
+def trace_episode(actor, mission: str, seed: int, teacher: str | None = None) -> dict:
+    """One episode: phase counts over agent-steps, and per-episode totals. With ``teacher`` (a PolicyActor
+    only), also the teacher's labels against the policy's argmax, counted by phase."""
     env = EnvFactory(mission, {}, seed=seed, seed_stride=1, early_reset=False).make_env(0)
     try:
         obs, _ = env.reset()
@@ -81,9 +89,19 @@ def trace_episode(actor, mission: str, seed: int) -> dict:
         taken = 0
         empty_dist: list[float] = []
         last_align, aligned_prev = 0, 0
+        shadow = ScriptedTeam(env, seed=seed, local=teacher == "scripted_local") if teacher else None
+        phase_now = ["no gear"] * sim.num_agents  # every agent spawns without gear
+        labelled, agreed = Counter(), Counter()
         done = False
         while not done:
-            obs, _, terminals, truncations, _ = env.step(actor.act(obs, env))
+            label_actions = shadow.actions() if shadow else None
+            actions = actor.act(obs, env)
+            if shadow:
+                greedy = actor.last_logits.argmax(dim=-1).cpu().numpy()
+                for i in np.flatnonzero(~shadow.idle):
+                    labelled[phase_now[i]] += 1
+                    agreed[phase_now[i]] += int(greedy[i] == label_actions[i])
+            obs, _, terminals, truncations, _ = env.step(actions)
             done = bool(terminals.all() or truncations.all())
             objects = sim.grid_objects(ignore_types=["wall"])
             net = [(o["r"], o["c"]) for o in objects.values() if tags[NET_TAG] in o["tag_ids"]]
@@ -115,14 +133,15 @@ def trace_episode(actor, mission: str, seed: int) -> dict:
                     away += home > last[i][0]
                 last[i] = (home, empty)
                 if not gear:
-                    phases["no gear"] += 1
+                    phase_now[i] = "no gear"
                 elif hearts > 0:
                     seen = any(in_view(pos, j) for j in neutral)
-                    phases["loaded, junction in view" if seen else "loaded, none in view"] += 1
+                    phase_now[i] = "loaded, junction in view" if seen else "loaded, none in view"
                 else:
-                    phases["empty, hub in view" if in_view(pos, hub) else "empty, hub out of view"] += 1
+                    phase_now[i] = "empty, hub in view" if in_view(pos, hub) else "empty, hub out of view"
                     empty_dist.append(float(hub_dist[pos]))
-        return {"phases": phases, "aligned": aligned_prev, "taken": taken, "trips": trips.mean(),
+                phases[phase_now[i]] += 1
+        return {"phases": phases, "labelled": labelled, "agreed": agreed, "aligned": aligned_prev, "taken": taken, "trips": trips.mean(),
                 "never_geared": int((~geared).sum()), "agents": sim.num_agents, "toward": toward, "away": away,
                 "empty_dist": empty_dist, "last_align": last_align, "neutral_left": len(neutral)}
     finally:
@@ -145,6 +164,14 @@ def summarise(name: str, episodes: list[dict]) -> None:
     print(f"  agents per episode that never held gear {mean('never_geared'):4.2f} of {episodes[0]['agents']}")
     print(f"  last alignment at step {mean('last_align'):6.0f}   alignable junctions left neutral at the end "
           f"{mean('neutral_left'):5.1f}")
+    labelled = sum((e["labelled"] for e in episodes), Counter())
+    if labelled:
+        agreed = sum((e["agreed"] for e in episodes), Counter())
+        print(f"  the policy's argmax is the teacher's action on {sum(agreed.values()) / sum(labelled.values()):.2f} of "
+              f"{sum(labelled.values()) // len(episodes)} labelled agent-steps per episode; by phase:")
+        for p in PHASES:
+            if labelled[p]:
+                print(f"    {p:<26} {agreed[p] / labelled[p]:5.2f} of {labelled[p] // len(episodes):5d}")
 
 
 def main() -> None:
@@ -153,6 +180,8 @@ def main() -> None:
     parser.add_argument("--scripted", action="store_true", help="also the privileged scripted team")
     parser.add_argument("--mission", default="aligner_tutorial")
     parser.add_argument("--episodes", type=int, default=8)
+    parser.add_argument("--teacher", choices=("scripted", "scripted_local"),
+                        help="label each checkpoint's states with this scripted team; print agreement by phase")
     parser.add_argument("--seed-base", type=int, default=1_000_000_000, help="map seed of episode 0 (held out, as model.eval_seed_base)")
     args = parser.parse_args()
     if not args.checkpoints and not args.scripted:
@@ -164,7 +193,9 @@ def main() -> None:
         actors.append(("scripted team", lambda: ScriptedActor(seed=args.seed_base)))
     for name, make in actors:
         actor = make()
-        summarise(name, [trace_episode(actor, args.mission, args.seed_base + k) for k in range(args.episodes)])
+        teacher = args.teacher if isinstance(actor, PolicyActor) else None
+        summarise(name, [trace_episode(actor, args.mission, args.seed_base + k, teacher)
+                         for k in range(args.episodes)])
 
 
 if __name__ == "__main__":
