@@ -170,14 +170,23 @@ def ppo_loss(
     return loss, stats
 
 
-def cloning_loss(logits: torch.Tensor, teacher_actions: torch.Tensor) -> torch.Tensor:
+def cloning_loss(logits: torch.Tensor, teacher_actions: torch.Tensor,
+                 moves: torch.Tensor | None = None) -> torch.Tensor:
     """Behaviour cloning (kickstarting, not PuffeRL): cross-entropy of the student's ``logits [n, H, A]`` on the
-    teacher's actions ``[n, H]``, the mean over the steps that have a label (a label < 0 means none; 0 if none)."""
+    teacher's actions ``[n, H]``, the mean over the steps that have a label (a label < 0 means none; 0 if none).
+    With ``moves [n, H]`` (bitmasks: bit a for action a, each holding its step's label) each labelled step's
+    term is ``-log`` of the student's probability of the whole set; a single bit gives the cross-entropy."""
     labels = teacher_actions.reshape(-1)
     has_label = (labels >= 0).to(logits.dtype)
-    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.clamp(min=0).long(),
-                                           reduction="none")
-    return (ce * has_label).sum() / has_label.sum().clamp(min=1.0)
+    flat = logits.reshape(-1, logits.shape[-1])
+    if moves is None:
+        nll = torch.nn.functional.cross_entropy(flat, labels.clamp(min=0).long(), reduction="none")
+    else:
+        bits = torch.arange(flat.shape[-1], device=flat.device)
+        accepted = ((moves.reshape(-1, 1) >> bits) & 1).bool() | (labels < 0).unsqueeze(-1)  # unlabelled: all
+        log_p = flat.log_softmax(dim=-1)
+        nll = -log_p.masked_fill(~accepted, float("-inf")).logsumexp(dim=-1)
+    return (nll * has_label).sum() / has_label.sum().clamp(min=1.0)
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor) -> torch.Tensor:

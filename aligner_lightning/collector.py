@@ -73,6 +73,7 @@ class RolloutRecipe:
     teacher_led_start: float
     teacher_led_steps: int
     teacher_led_by: str
+    teacher_labels: str
 
     def build(self, device: torch.device) -> Rollout:
         vecenv = make_vecenv(self.factory, self.num_envs, self.backend, self.num_workers, self.env_batch_size)
@@ -88,6 +89,7 @@ class RolloutRecipe:
                        reset_lstm_on_done=self.reset_lstm_on_done, reset_envs_each_epoch=self.reset_envs_each_epoch,
                        carry_lstm_state=self.carry_lstm_state, reward_scale=self.reward_scale,
                        reward_clip=self.reward_clip, teacher=teacher, teacher_led_by=self.teacher_led_by,
+                       teacher_labels=self.teacher_labels,
                        shaping=RefillShaping.for_mission(self.refill_shaping, self.factory.config())
                        if self.refill_shaping > 0 else None)
 

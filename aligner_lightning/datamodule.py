@@ -26,7 +26,7 @@ from aligner_lightning.errors import raise_if
 from aligner_lightning.experience import Experience
 from aligner_lightning.missions import make_mission
 from aligner_lightning.rollout import Rollout
-from aligner_lightning.teacher import LED_BY, TEACHERS, schedule_problems
+from aligner_lightning.teacher import LABELS, LED_BY, TEACHERS, schedule_problems
 
 
 class RolloutDataModule(L.LightningDataModule):
@@ -57,6 +57,7 @@ class RolloutDataModule(L.LightningDataModule):
         teacher_led_start: float = 0.0,
         teacher_led_steps: int = 0,
         teacher_led_by: str = "agent",
+        teacher_labels: str = "action",
         collector: str = "sync",
         collector_threads: int = 1,
     ):
@@ -102,6 +103,8 @@ class RolloutDataModule(L.LightningDataModule):
             teacher_led_by: what one teacher-led draw covers: ``agent`` (each agent's episode on its own, so a
                 student plays beside teacher-led teammates) or ``env`` (every agent of an env's episode: whole
                 teams are the teacher's or the student's).
+            teacher_labels: what behaviour cloning takes as the teacher's choice: ``action`` (its action) or
+                ``shortest`` (every move as good as its action: any free move along a shortest path to its goal).
             collector: ``sync`` (PuffeRL: collect, then train, in turn) or ``async`` (option: a process of its
                 own collects the next rollout while the learner trains on this one; the policy lag is one update;
                 serial backend only). See docs/algorithm.md.
@@ -208,6 +211,8 @@ class RolloutDataModule(L.LightningDataModule):
                                hp.teacher_led_steps, upper=1.0)
         if hp.teacher_led_by not in LED_BY:
             p.append(f"data.teacher_led_by={hp.teacher_led_by!r}: must be one of {', '.join(LED_BY)}")
+        if hp.teacher_labels not in LABELS:
+            p.append(f"data.teacher_labels={hp.teacher_labels!r}: must be one of {', '.join(LABELS)}")
         if not p and hp.teacher_led_start > 0 and hp.teacher is None:
             p.append(f"data.teacher_led_start={hp.teacher_led_start}: needs a teacher "
                      f"(data.teacher: {' or '.join(TEACHERS)})")
@@ -233,7 +238,7 @@ class RolloutDataModule(L.LightningDataModule):
             reward_scale=hp.reward_scale, reward_clip=hp.reward_clip, refill_shaping=hp.refill_shaping,
             teacher=hp.teacher,
             teacher_led_start=hp.teacher_led_start, teacher_led_steps=hp.teacher_led_steps,
-            teacher_led_by=hp.teacher_led_by)
+            teacher_led_by=hp.teacher_led_by, teacher_labels=hp.teacher_labels)
 
     def make_rollout(self, device: torch.device) -> Rollout:
         """This rank's vector env and rollout buffer, with this module's options (for driving it by hand)."""

@@ -33,6 +33,8 @@ class Experience:
     # With a teacher: its label at every step (NO_LABEL: none) and whether its action was the one executed.
     teacher_actions: torch.Tensor | None = None  # [S, H] long
     teacher_led: torch.Tensor | None = None  # [S, H] bool
+    # data.teacher_labels shortest: the bitmask of the moves as good as the teacher's (``ScriptedTeam.moves``).
+    teacher_moves: torch.Tensor | None = None  # [S, H] long
     # What the rollout was, beyond its tensors (not moved between devices).
     agent_steps: int = 0  # env steps this rollout took on this rank (async backends may exceed S * H)
     policy_version: int = 0  # updates the acting weights had seen (the learner's epoch when it published them)
@@ -44,7 +46,7 @@ class Experience:
 
     @classmethod
     def allocate(cls, segments: int, horizon: int, obs_shape: tuple[int, ...], device: torch.device,
-                 teacher: bool = False) -> "Experience":
+                 teacher: bool = False, teacher_moves: bool = False) -> "Experience":
         shape = (segments, horizon)
         return cls(
             obs=torch.zeros(*shape, *obs_shape, dtype=torch.uint8, device=device),
@@ -56,6 +58,7 @@ class Experience:
             ratio=torch.ones(shape, device=device),
             teacher_actions=torch.full(shape, NO_LABEL, dtype=torch.long, device=device) if teacher else None,
             teacher_led=torch.zeros(shape, dtype=torch.bool, device=device) if teacher else None,
+            teacher_moves=torch.zeros(shape, dtype=torch.long, device=device) if teacher_moves else None,
         )
 
     @property

@@ -266,7 +266,7 @@ class AlignerPPO(L.LightningModule):
                                              rollout.values[idx], adv[idx], weights, self.loss_cfg,
                                              step_mask=None if student_steps is None else student_steps[idx])
             if bc_coef > 0:  # cross-entropy on the steps with a teacher label
-                bc_loss = algorithm.cloning_loss(logits, rollout.teacher_actions[idx])
+                bc_loss = algorithm.cloning_loss(logits, rollout.teacher_actions[idx], _rows(rollout.teacher_moves, idx))
                 loss = loss + bc_coef * bc_loss
                 stats["bc_loss"] = bc_loss.detach()
             rollout.ratio[idx] = stats.pop("ratio")  # the write-back: later minibatches' V-trace reads these
@@ -309,7 +309,8 @@ class AlignerPPO(L.LightningModule):
             for i, idx in enumerate(order.split(dm.minibatch_segments)):
                 state = None if rollout.initial_state is None else tuple(s[idx] for s in rollout.initial_state)
                 logits, values = self.policy(rollout.obs[idx], state)
-                bc_loss = algorithm.cloning_loss(logits.float(), rollout.teacher_actions[idx])
+                bc_loss = algorithm.cloning_loss(logits.float(), rollout.teacher_actions[idx],
+                                                 _rows(rollout.teacher_moves, idx))
                 # 0 x the value keeps every parameter in the graph (DDP expects a gradient for each).
                 self.manual_backward(bc_coef * bc_loss + 0.0 * values.float().sum())
                 losses.append(float(bc_loss.detach()))
@@ -404,3 +405,8 @@ class AlignerPPO(L.LightningModule):
 
             self.policy_spec = state.get("policy") or default_spec()
             self.policy = self._build_policy(PolicyEnvInterface.model_validate_json(state["env_interface"]))
+
+
+def _rows(tensor: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor | None:
+    """``tensor[idx]``, or None for a buffer the rollout does not keep."""
+    return None if tensor is None else tensor[idx]

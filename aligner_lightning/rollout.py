@@ -65,7 +65,7 @@ class Rollout:
 
     def __init__(self, vecenv, segments: int, horizon: int, device: torch.device, *, store_initial_state: bool,
                  reset_lstm_on_done: bool, reset_envs_each_epoch: bool, carry_lstm_state: bool, reward_scale: float,
-                 reward_clip: float, teacher: ScriptedTeacher | None, teacher_led_by: str,
+                 reward_clip: float, teacher: ScriptedTeacher | None, teacher_led_by: str, teacher_labels: str,
                  shaping: RefillShaping | None):
         """The options are ``RolloutDataModule``'s arguments of the same names (``RolloutRecipe.build`` passes them)."""
         self.vecenv = vecenv
@@ -74,7 +74,8 @@ class Rollout:
         self.total_agents = vecenv.num_agents
         self.agents_per_batch = vecenv.agents_per_batch
         self.buffer = Experience.allocate(segments, horizon, vecenv.single_observation_space.shape, device,
-                                          teacher=teacher is not None)
+                                          teacher=teacher is not None,
+                                          teacher_moves=teacher is not None and teacher_labels == "shortest")
         # Option (off by default, PuffeRL starts every training segment from zeros): store each row's policy
         # state at its first step, so that training replays the segment from it.
         self.store_initial_state = store_initial_state
@@ -197,6 +198,8 @@ class Rollout:
                 if use_teacher:
                     buf.teacher_actions[rows, t] = label
                     buf.teacher_led[rows, t] = led
+                    if buf.teacher_moves is not None:
+                        buf.teacher_moves[rows, t] = torch.from_numpy(self.teacher.moves).to(device)
                     teacher_steps += n
                     teacher_counts += torch.stack([led.sum(), (label >= 0).sum(), (logits.argmax(dim=-1) == label).sum()])
                 if t + 1 >= horizon:

@@ -103,7 +103,10 @@ class ScriptedTeam:
     it follows the env across auto-resets. ``reuse`` (the default) caches simulator reads and distance maps
     between steps (module docstring); ``False`` is the plain reference, same actions, ~10x the cost.
     After each call, ``idle[i]`` says that agent i had nothing to do (no unclaimed alignable junction left) and
-    was given a noop.
+    was given a noop, and ``moves[i]`` is a bitmask (bit ``a`` for action id ``a``) of the actions as good as
+    the chosen one: every free move along a shortest path to the agent's goal (the chosen move takes the first
+    of them in ``MOVES`` order), or the chosen action alone (a step into the goal, an unsticking step, a noop,
+    a walk along the one path to an unseen cell).
     """
 
     def __init__(self, env: SimulationSource, seed: int = 0, reuse: bool = True, local: bool = False):
@@ -114,6 +117,7 @@ class ScriptedTeam:
         self.local = local
         self._rng = np.random.default_rng(seed)
         self.idle = np.zeros(0, dtype=bool)
+        self.moves = np.zeros(0, dtype=np.int64)
         self._world: _World | None = None
         self._agents: list[_AgentState] = []
         names = env.current_simulation.action_names
@@ -128,6 +132,7 @@ class ScriptedTeam:
 
         actions = np.full(len(agents), self._noop, dtype=np.int32)
         self.idle = np.zeros(len(agents), dtype=bool)
+        self.moves = np.zeros(len(agents), dtype=np.int64)
         for agent_id in sorted(agents):
             agent, state = agents[agent_id], self._agents[agent_id]
             pos = (agent["r"], agent["c"])
@@ -150,7 +155,7 @@ class ScriptedTeam:
                 if goal is None and self.local:
                     goal = self._explore(world, state, pos)
             dist = state.explore_dist if goal is state.explore and goal is not None else None
-            actions[agent_id] = self._step_toward(world, state, pos, goal, occupied, dist)
+            actions[agent_id], self.moves[agent_id] = self._step_toward(world, state, pos, goal, occupied, dist)
             self.idle[agent_id] = goal is None
         return actions
 
@@ -249,26 +254,30 @@ class ScriptedTeam:
     def _step_toward(
         self, world: _World, state: _AgentState, pos: Cell, goal: dict[str, Any] | None, occupied: set[Cell],
         dist: np.ndarray | None = None,
-    ) -> int:
+    ) -> tuple[int, int]:
+        """The action toward ``goal`` and the bitmask of the actions as good as it (``moves``)."""
         state.stuck = state.stuck + 1 if pos == state.last_cell else 0
         state.last_cell = pos
         if goal is None:
-            return self._noop
+            return self._noop, 1 << self._noop
         goal_cell = (goal["r"], goal["c"])
         if _adjacent(pos, goal_cell):
-            return self._move_ids[(goal_cell[0] - pos[0], goal_cell[1] - pos[1])]
+            action = self._move_ids[(goal_cell[0] - pos[0], goal_cell[1] - pos[1])]
+            return action, 1 << action
         if state.stuck >= STUCK_STEPS:
             # Another agent is in the way: a random step usually untangles a corridor.
-            return self._move_ids[list(MOVES.values())[self._rng.integers(len(MOVES))]]
+            action = self._move_ids[list(MOVES.values())[self._rng.integers(len(MOVES))]]
+            return action, 1 << action
         dist = self._distances(world, goal_cell) if dist is None else dist
         here = _at(dist, pos)
         options = [
             (_at(dist, n), n) for n in _neighbours(pos) if n not in occupied and _at(dist, n) < here
         ]
         if not options:
-            return self._noop
+            return self._noop, 1 << self._noop
         _, nxt = min(options)
-        return self._move_ids[(nxt[0] - pos[0], nxt[1] - pos[1])]
+        action = self._move_ids[(nxt[0] - pos[0], nxt[1] - pos[1])]
+        return action, sum(1 << self._move_ids[(n[0] - pos[0], n[1] - pos[1])] for _, n in options)
 
 
 def _path_distances(from_pos: np.ndarray, pos: Cell, goal: Cell) -> np.ndarray:

@@ -14,6 +14,10 @@ Two uses, each with a linear schedule over global agent steps (``linear_anneal``
   claimed): it then stands still, a choice the student cannot make from its own view (whether far junctions
   are still neutral), and which in the teacher's own episodes is about the second half of every episode, so
   cloning it would teach standing still.
+  With ``data.teacher_labels: shortest`` the label is the set of moves as good as the teacher's (every free
+  move along a shortest path to its goal, ``ScriptedTeam.moves``) and the term is ``-log`` of the student's
+  probability of that set: where two moves are equally short the teacher always takes the first in a fixed
+  order, a tie the student cannot see the reason for.
 - **Teacher-led agents** (``data.teacher_led_start``, ``data.teacher_led_steps``): per agent and per episode,
   with probability ``led`` (the schedule's value when the episode starts), the agent executes the teacher's
   actions for its whole episode, as Metta's sliced cloner slices agents; with ``data.teacher_led_by: env``
@@ -52,6 +56,8 @@ from aligner_lightning.scripted import ScriptedTeam
 TEACHERS = ("scripted", "scripted_local")
 LED_BY = ("agent", "env")  # data.teacher_led_by: one teacher-led draw per agent's episode, or per env's
 NO_LABEL = -1  # a step without a teacher label (the teacher was idle)
+# data.teacher_labels: what cloning counts as the teacher's choice: its action, or every move as short as it.
+LABELS = ("action", "shortest")
 
 
 def schedule_problems(start_key: str, start: float, steps_key: str, steps: int, upper: float | None = None) -> list[str]:
@@ -80,8 +86,9 @@ class ScriptedTeacher:
 
     ``actions(agent_ids)`` takes the agent ids of one env batch (as ``vecenv.recv`` returns them: whole envs,
     consecutive) and returns, int64, in the same order, the teacher's actions (what a teacher-led agent
-    executes) and its labels (the same, or ``NO_LABEL`` where the teacher was idle). ``seconds`` and
-    ``env_steps`` count its own cost.
+    executes) and its labels (the same, or ``NO_LABEL`` where the teacher was idle); after each call ``moves``
+    holds, in the same order, the bitmasks of the actions as good as the teacher's (``ScriptedTeam.moves``).
+    ``seconds`` and ``env_steps`` count its own cost.
     """
 
     def __init__(self, vecenv, seeds: Sequence[int], kind: str = "scripted"):
@@ -97,6 +104,7 @@ class ScriptedTeacher:
         self._first_agent = list(np.cumsum([0] + [env.num_agents for env in envs]))
         self.seconds = 0.0
         self.env_steps = 0
+        self.moves = np.zeros(0, dtype=np.int64)
 
     def actions(self, agent_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         start = time.perf_counter()
@@ -105,13 +113,14 @@ class ScriptedTeacher:
         if self._first_agent[env] != first:
             raise ValueError(f"agent {first} does not start an env: teacher batches must hold whole envs")
         actions, idle, filled = np.empty(count, dtype=np.int64), np.empty(count, dtype=bool), 0
+        self.moves = np.empty(count, dtype=np.int64)
         while filled < count:
             team = self.teams[env]
             team_actions = team.actions()
             end = filled + len(team_actions)
             if end > count:
                 raise ValueError(f"{count} agents from agent {first} do not make whole envs")
-            actions[filled:end], idle[filled:end] = team_actions, team.idle
+            actions[filled:end], idle[filled:end], self.moves[filled:end] = team_actions, team.idle, team.moves
             filled = end
             env += 1
             self.env_steps += 1

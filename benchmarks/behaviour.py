@@ -18,7 +18,8 @@ the alignable junctions still neutral at the end. Asserts nothing.
 ``--teacher scripted|scripted_local`` also runs that scripted team in the shadow of a checkpoint's agents, as
 the kickstart teacher labels the student's own states: at every step it reads the simulator and chooses its
 action for each agent, and the script prints, per phase of the state the agent was in, how often the policy's
-most likely action is the teacher's (over the steps where the teacher was not idle). It shows which part of the
+most likely action is the teacher's, and how often it is one of the moves as short as the teacher's
+(``ScriptedTeam.moves``), over the steps where the teacher was not idle. It shows which part of the
 teacher's behaviour a student copies and which it cannot.
 
     PYTHONPATH=. python benchmarks/behaviour.py CKPT [CKPT ...] [--scripted] [--episodes 8]
@@ -91,7 +92,7 @@ def trace_episode(actor, mission: str, seed: int, teacher: str | None = None) ->
         last_align, aligned_prev = 0, 0
         shadow = ScriptedTeam(env, seed=seed, local=teacher == "scripted_local") if teacher else None
         phase_now = ["no gear"] * sim.num_agents  # every agent spawns without gear
-        labelled, agreed = Counter(), Counter()
+        labelled, agreed, shortest = Counter(), Counter(), Counter()
         done = False
         while not done:
             label_actions = shadow.actions() if shadow else None
@@ -101,6 +102,7 @@ def trace_episode(actor, mission: str, seed: int, teacher: str | None = None) ->
                 for i in np.flatnonzero(~shadow.idle):
                     labelled[phase_now[i]] += 1
                     agreed[phase_now[i]] += int(greedy[i] == label_actions[i])
+                    shortest[phase_now[i]] += int(shadow.moves[i] >> int(greedy[i]) & 1)
             obs, _, terminals, truncations, _ = env.step(actions)
             done = bool(terminals.all() or truncations.all())
             objects = sim.grid_objects(ignore_types=["wall"])
@@ -141,7 +143,7 @@ def trace_episode(actor, mission: str, seed: int, teacher: str | None = None) ->
                     phase_now[i] = "empty, hub in view" if in_view(pos, hub) else "empty, hub out of view"
                     empty_dist.append(float(hub_dist[pos]))
                 phases[phase_now[i]] += 1
-        return {"phases": phases, "labelled": labelled, "agreed": agreed, "aligned": aligned_prev, "taken": taken, "trips": trips.mean(),
+        return {"phases": phases, "labelled": labelled, "agreed": agreed, "shortest": shortest, "aligned": aligned_prev, "taken": taken, "trips": trips.mean(),
                 "never_geared": int((~geared).sum()), "agents": sim.num_agents, "toward": toward, "away": away,
                 "empty_dist": empty_dist, "last_align": last_align, "neutral_left": len(neutral)}
     finally:
@@ -167,11 +169,15 @@ def summarise(name: str, episodes: list[dict]) -> None:
     labelled = sum((e["labelled"] for e in episodes), Counter())
     if labelled:
         agreed = sum((e["agreed"] for e in episodes), Counter())
-        print(f"  the policy's argmax is the teacher's action on {sum(agreed.values()) / sum(labelled.values()):.2f} of "
-              f"{sum(labelled.values()) // len(episodes)} labelled agent-steps per episode; by phase:")
+        shortest = sum((e["shortest"] for e in episodes), Counter())
+        n = sum(labelled.values())
+        print(f"  over {n // len(episodes)} labelled agent-steps per episode, the policy's argmax is the teacher's "
+              f"action on {sum(agreed.values()) / n:.2f}, one of its equally short moves on "
+              f"{sum(shortest.values()) / n:.2f}; by phase:")
         for p in PHASES:
             if labelled[p]:
-                print(f"    {p:<26} {agreed[p] / labelled[p]:5.2f} of {labelled[p] // len(episodes):5d}")
+                print(f"    {p:<26} {agreed[p] / labelled[p]:5.2f} {shortest[p] / labelled[p]:5.2f} "
+                      f"of {labelled[p] // len(episodes):5d}")
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ import torch
 from helpers import DDP, DEBUG, EPOCH_STEPS, ROOT, run_main, scalars, tb_points, train, write_config
 from helpers import factory as make_factory
 
+from aligner_lightning import algorithm
 from aligner_lightning.datamodule import RolloutDataModule
 from aligner_lightning.envs import EnvFactory, env_interface
 from aligner_lightning.errors import ConfigError
@@ -116,35 +117,98 @@ def test_the_full_team_aims_at_junctions_it_has_not_seen():
     assert unseen_targets > 0
 
 
-@pytest.mark.parametrize("teacher", ["scripted", "scripted_local"])
-def test_teacher_actions_are_the_scripted_teams_run_directly(teacher):
+@pytest.mark.parametrize("teacher, labels", [("scripted", "action"), ("scripted_local", "shortest")])
+def test_teacher_actions_are_the_scripted_teams_run_directly(teacher, labels):
     """Everything teacher-led: the executed actions for each agent are what a ScriptedTeam (in local mode for
     ``scripted_local``), driving its own copy of that env from the same seeds, chooses step by step, and the
-    labels are those actions except where the team was idle (nothing left to align: NO_LABEL)."""
-    rollout, factory = smoke_rollout(segments_per_agent=8, teacher=teacher)  # 128 steps: one auto-reset
+    labels are those actions except where the team was idle (nothing left to align: NO_LABEL); with
+    ``teacher_labels: shortest`` the buffer also holds the team's bitmasks of equally short moves."""
+    rollout, factory = smoke_rollout(segments_per_agent=8, teacher=teacher, teacher_labels=labels)  # one auto-reset
     rollout.collect(policy_for(factory), teacher_led=1.0, use_teacher=True)
     buf = rollout.buffer
     assert bool(buf.teacher_led.all())
+    assert (buf.teacher_moves is None) == (labels == "action")
     for i in range(NUM_ENVS):
         env = factory.make_env(i)
         env.reset()
         team = ScriptedTeam(env, seed=factory.env_seed(i), local=teacher == "scripted_local")
-        actions, labels = [], []
+        actions, labelled, moves = [], [], []
         for _ in range(8 * HORIZON):
             step_actions = team.actions()
             actions.append(step_actions.copy())
-            labels.append(np.where(team.idle, NO_LABEL, step_actions))
+            labelled.append(np.where(team.idle, NO_LABEL, step_actions))
+            moves.append(team.moves.copy())
             env.step(step_actions)
         env.close()
-        actions, labels = np.stack(actions), np.stack(labels)
+        actions, labelled, moves = np.stack(actions), np.stack(labelled), np.stack(moves)
         for a in range(AGENTS):
             np.testing.assert_array_equal(agent_sequence(buf.actions, i * AGENTS + a).numpy(), actions[:, a])
-            np.testing.assert_array_equal(agent_sequence(buf.teacher_actions, i * AGENTS + a).numpy(), labels[:, a])
+            np.testing.assert_array_equal(agent_sequence(buf.teacher_actions, i * AGENTS + a).numpy(), labelled[:, a])
+            if buf.teacher_moves is not None:
+                np.testing.assert_array_equal(agent_sequence(buf.teacher_moves, i * AGENTS + a).numpy(), moves[:, a])
     labelled = (buf.teacher_actions >= 0)
     assert 0 < int(labelled.sum()) < labelled.numel()  # smoke's 5 junctions are all aligned before step 96
     stats = rollout.buffer.teacher_stats
     assert stats["led"] == stats["steps"] == buf.actions.numel() and stats["labelled"] == int(labelled.sum())
     rollout.close()
+
+
+def test_the_teams_equally_short_moves_all_lead_one_step_nearer_its_goal():
+    """``ScriptedTeam.moves``: the chosen action is always in the set, and every move in it lands one step
+    nearer the agent's goal (the station, the hub or its junction), often one of two."""
+    from aligner_lightning.scripted import MOVES, STUCK_STEPS, walking_distances
+
+    env = make_factory("aligner_tutorial", map_seed=0).make_env(0)
+    env.reset()
+    team = ScriptedTeam(env, seed=5)
+    names = env.current_simulation.action_names
+    cap = env.current_simulation.config.game.agent.inventory.limits["heart"].max
+    checked, pairs = 0, 0
+    for _ in range(300):
+        actions = team.actions()
+        hub, station, neutral = team._world.static
+        objects = env.current_simulation.grid_objects(ignore_types=team._world.non_agent_types).values()
+        agents = {o["agent_id"]: o for o in objects if o.get("agent_id") is not None}
+        for i, state in enumerate(team._agents):
+            assert team.moves[i] >> int(actions[i]) & 1, f"agent {i}: its action is not in its set"
+            o = agents[i]
+            pos, hearts = (o["r"], o["c"]), o.get("inv:heart", 0)
+            near_hub = abs(pos[0] - hub["r"]) + abs(pos[1] - hub["c"]) == 1
+            if o.get("inv:aligner", 0) == 0:
+                goal = station
+            elif hearts == 0 or (hearts < cap and near_hub):
+                goal = hub
+            else:
+                goal = neutral.get(state.target) if state.target is not None else None
+            if goal is None or state.stuck >= STUCK_STEPS:  # idle, or an unsticking step at random
+                continue
+            dist = walking_distances(team._world.blocked, (goal["r"], goal["c"]))
+            if dist[pos] == 0:  # next to it: the one move into the goal
+                continue
+            in_set = [name for name in MOVES if team.moves[i] >> names.index(name) & 1]
+            for name in in_set:
+                assert dist[pos[0] + MOVES[name][0], pos[1] + MOVES[name][1]] == dist[pos] - 1, (i, name)
+            checked += len(in_set) > 0
+            pairs += len(in_set) > 1
+        env.step(actions)
+    env.close()
+    assert checked > 200 and pairs > 20, (checked, pairs)
+
+
+def test_cloning_on_sets_of_moves_is_the_log_probability_of_the_set():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 5)
+    actions = torch.tensor([[0, 3, NO_LABEL], [2, 4, 1]])
+    log_p = logits.log_softmax(-1)
+    # Single bits: exactly the cross-entropy on the actions.
+    torch.testing.assert_close(algorithm.cloning_loss(logits, actions, 1 << actions.clamp(min=0)),
+                               algorithm.cloning_loss(logits, actions))
+    # Two moves accepted at (1, 0): -log(p2 + p3) there; the unlabelled step counts for nothing.
+    moves = (1 << actions.clamp(min=0)).clone()
+    moves[1, 0] |= 1 << 3
+    terms = [-log_p[0, 0, 0], -log_p[0, 1, 3], -torch.logaddexp(log_p[1, 0, 2], log_p[1, 0, 3]), -log_p[1, 1, 4],
+             -log_p[1, 2, 1]]
+    torch.testing.assert_close(algorithm.cloning_loss(logits, actions, moves), torch.stack(terms).mean())
 
 
 def test_teacher_led_steps_record_the_students_logprob_of_the_executed_action():
@@ -289,6 +353,7 @@ def test_auto_backend_choosing_multiprocessing_with_a_teacher_is_refused(monkeyp
     (["--model.bc_coef_start", "1.0", "--model.bc_steps", "100"], "behaviour cloning needs a teacher"),
     (["--model.bc_epochs", "-1"], "model.bc_epochs=-1: must be >= 0"),
     (["--data.teacher_led_by", "team"], "data.teacher_led_by='team': must be one of agent, env"),
+    (["--data.teacher_labels", "path"], "data.teacher_labels='path': must be one of action, shortest"),
     (["--model.bc_epochs", "2"], "model.bc_epochs=2: cloning passes need a cloning weight"),
 ])
 def test_bad_teacher_settings_get_one_clear_error(monkeypatch, capsys, tmp_path, args, expected):
