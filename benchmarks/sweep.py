@@ -322,7 +322,7 @@ def load_rows(csv_path: Path) -> list[dict]:
 
 def plot(sweep: Sweep, csv_path: Path) -> None:
     """Aligned per episode (held-out maps) against agent steps and training seconds: each seed thin, the mean
-    over seeds at each checkpoint thick."""
+    over seeds at each checkpoint thick (dashed past the last checkpoint every seed has)."""
     try:
         import matplotlib
 
@@ -349,16 +349,24 @@ def plot(sweep: Sweep, csv_path: Path) -> None:
             by_ckpt: dict[str, list] = {}
             for r in mine:
                 by_ckpt.setdefault(r["checkpoint"], []).append((float(r[x]), float(r["aligned_mean"])))
-            mean = sorted((sum(p[0] for p in v) / len(v), sum(p[1] for p in v) / len(v)) for v in by_ckpt.values())
-            ax.plot(*zip(*mean), color=color, lw=2, marker="o", ms=3,
-                    label=f"{variant} ({len(by_seed)} seed{'s' * (len(by_seed) > 1)})")
+            # The mean is solid where every seed has the checkpoint, dashed where only some do.
+            mean = sorted((sum(p[0] for p in v) / len(v), sum(p[1] for p in v) / len(v), len(v) == len(by_seed))
+                          for v in by_ckpt.values())
+            full = [m[:2] for m in mean if m[2]]
+            part = [m[:2] for m in mean if not m[2] and (not full or m[0] > full[-1][0])]
+            label = f"{variant} ({len(by_seed)} seed{'s' * (len(by_seed) > 1)})"
+            if full:
+                ax.plot(*zip(*full), color=color, lw=2, marker="o", ms=3, label=label)
+            if part:
+                ax.plot(*zip(*(full[-1:] + part)), color=color, lw=2, ls="--", marker="o", ms=3,
+                        label=None if full else label)
     axes[0].set_xlabel("agent steps")
     axes[1].set_xlabel(f"training seconds ({rows[0]['cpu'] if rows else ''}, runs side by side)")
     for ax in axes:
         ax.set_ylabel(f"junctions aligned per episode (held-out maps, {sweep.eval_episodes} episodes)")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8, loc="upper left")
-    fig.suptitle(f"sweep {sweep.name}: mean over seeds (thick), each seed (thin)")
+    fig.suptitle(f"sweep {sweep.name}: mean over seeds (thick; dashed where only some seeds ran), each seed (thin)")
     fig.tight_layout()
     fig.savefig(csv_path.with_suffix(".png"), dpi=110)
     plt.close(fig)
