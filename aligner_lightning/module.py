@@ -266,7 +266,8 @@ class AlignerPPO(L.LightningModule):
                                              rollout.values[idx], adv[idx], weights, self.loss_cfg,
                                              step_mask=None if student_steps is None else student_steps[idx])
             if bc_coef > 0:  # cross-entropy on the steps with a teacher label
-                bc_loss = algorithm.cloning_loss(logits, rollout.teacher_actions[idx], _rows(rollout.teacher_moves, idx))
+                bc_loss = algorithm.cloning_loss(logits, rollout.teacher_actions[idx],
+                                                 _rows(rollout.teacher_moves, idx))
                 loss = loss + bc_coef * bc_loss
                 stats["bc_loss"] = bc_loss.detach()
             rollout.ratio[idx] = stats.pop("ratio")  # the write-back: later minibatches' V-trace reads these

@@ -143,8 +143,9 @@ def trace_episode(actor, mission: str, seed: int, teacher: str | None = None) ->
                     phase_now[i] = "empty, hub in view" if in_view(pos, hub) else "empty, hub out of view"
                     empty_dist.append(float(hub_dist[pos]))
                 phases[phase_now[i]] += 1
-        return {"phases": phases, "labelled": labelled, "agreed": agreed, "shortest": shortest, "aligned": aligned_prev, "taken": taken, "trips": trips.mean(),
-                "never_geared": int((~geared).sum()), "agents": sim.num_agents, "toward": toward, "away": away,
+        return {"phases": phases, "labelled": labelled, "agreed": agreed, "shortest": shortest,
+                "aligned": aligned_prev, "taken": taken, "trips": trips.mean(), "never_geared": int((~geared).sum()),
+                "agents": sim.num_agents, "toward": toward, "away": away,
                 "empty_dist": empty_dist, "last_align": last_align, "neutral_left": len(neutral)}
     finally:
         env.close()
@@ -188,7 +189,8 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=8)
     parser.add_argument("--teacher", choices=("scripted", "scripted_local"),
                         help="label each checkpoint's states with this scripted team; print agreement by phase")
-    parser.add_argument("--seed-base", type=int, default=1_000_000_000, help="map seed of episode 0 (held out, as model.eval_seed_base)")
+    parser.add_argument("--seed-base", type=int, default=1_000_000_000,
+                        help="map seed of episode 0 (held out, as model.eval_seed_base)")
     args = parser.parse_args()
     if not args.checkpoints and not args.scripted:
         parser.error("give at least one checkpoint, or --scripted")

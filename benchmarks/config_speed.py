@@ -41,7 +41,8 @@ def parse(spec: str) -> tuple[str, int, list[Path]]:
         paths = [ROOT / c for c in configs.split(",")]
         threads_n = int(threads)
     except ValueError:
-        raise SystemExit(f"--config {spec!r}: expected NAME:THREADS:CONFIG[,CONFIG...], e.g. seed:2:configs/aligner.yaml")
+        raise SystemExit(f"--config {spec!r}: expected NAME:THREADS:CONFIG[,CONFIG...], "
+                         "e.g. seed:2:configs/aligner.yaml")
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise SystemExit(f"--config {spec!r}: no such file {', '.join(missing)}")
