@@ -1,7 +1,7 @@
 """Where a team's time goes: what the agents of a checkpoint (or the scripted team) are doing, step by step.
 
-Plays held-out episodes, as ``train.py test`` does (sampled actions, map seeds from ``--seed-base``), and reads
-the simulator after every step. Each agent-step falls in one phase:
+Plays held-out episodes, as ``train.py test`` does (sampled actions, or ``--greedy``; map seeds from
+``--seed-base``), and reads the simulator after every step. Each agent-step falls in one phase:
 
 - ``no gear``: the agent has no aligner gear (fetching it, or lost it at hp 0);
 - ``loaded, junction in view``: gear and at least one heart, and an alignable neutral junction within its
@@ -47,12 +47,12 @@ PHASES = ("no gear", "loaded, junction in view", "loaded, none in view", "empty,
           "empty, hub out of view")
 
 
-def policy_actor(ckpt: str, seed: int) -> PolicyActor:
+def policy_actor(ckpt: str, seed: int, greedy: bool = False) -> PolicyActor:
     weights, info, spec = load_policy_checkpoint(ckpt)
     policy = build_policy(spec, info)
     policy.load_state_dict(weights)
     policy.eval()
-    return PolicyActor(policy, "cpu", generator=torch.Generator().manual_seed(seed))
+    return PolicyActor(policy, "cpu", greedy=greedy, generator=torch.Generator().manual_seed(seed))
 
 
 def label(ckpt: str) -> str:
@@ -187,6 +187,7 @@ def main() -> None:
     parser.add_argument("--scripted", action="store_true", help="also the privileged scripted team")
     parser.add_argument("--mission", default="aligner_tutorial")
     parser.add_argument("--episodes", type=int, default=8)
+    parser.add_argument("--greedy", action="store_true", help="checkpoints act by argmax instead of sampling")
     parser.add_argument("--teacher", choices=("scripted", "scripted_local"),
                         help="label each checkpoint's states with this scripted team; print agreement by phase")
     parser.add_argument("--seed-base", type=int, default=1_000_000_000,
@@ -196,7 +197,8 @@ def main() -> None:
         parser.error("give at least one checkpoint, or --scripted")
     torch.set_num_threads(1)
     print(f"CPU: {cpu_name()}")
-    actors = [(label(c), lambda c=c: policy_actor(c, args.seed_base)) for c in args.checkpoints]
+    actors = [(label(c) + " (argmax)" * args.greedy, lambda c=c: policy_actor(c, args.seed_base, args.greedy))
+              for c in args.checkpoints]
     if args.scripted:
         actors.append(("scripted team", lambda: ScriptedActor(seed=args.seed_base)))
     for name, make in actors:
