@@ -41,18 +41,27 @@ SETTINGS: dict[str, tuple[str, list[str]]] = {
 }
 
 
-def run(name: str, epochs: int, extra: list[str]) -> list[float]:
+def fit_sps(name: str, configs: list[Path], extra: list[str]) -> list[float]:
+    """``train.py fit`` with these configs and flags, in a temporary directory, no evaluation: the per-epoch
+    agent-steps/s it logs (TensorBoard ``SPS``) after the first epoch, which pays one-off warm-up."""
     with tempfile.TemporaryDirectory() as tmp:
-        world = 2 if name.startswith("ddp2") else 1
-        cmd = [sys.executable, str(ROOT / "train.py"), "fit", "--config", str(ROOT / "configs/aligner.yaml"),
-               "--run_name", name, "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
-               "--trainer.limit_val_batches", "0", "--model.total_timesteps", str(epochs * 4096 * (world if name == "ddp2" else 1)), *extra]
+        cmd = [sys.executable, str(ROOT / "train.py"), "fit"]
+        for c in configs:
+            cmd += ["--config", str(c)]
+        cmd += ["--run_name", name, "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
+                "--trainer.limit_val_batches", "0", *extra]
         out = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
         if out.returncode != 0:
             raise RuntimeError(f"{name} failed:\n{out.stderr[-3000:]}")
         acc = EventAccumulator(str(Path(tmp) / "lightning_logs" / name), size_guidance={"scalars": 0})
         acc.Reload()
-        return [e.value for e in acc.Scalars("SPS")][1:]  # the first epoch pays one-off warm-up
+        return [e.value for e in acc.Scalars("SPS")][1:]
+
+
+def run(name: str, epochs: int, extra: list[str]) -> list[float]:
+    world = 2 if name == "ddp2" else 1
+    return fit_sps(name, [ROOT / "configs/aligner.yaml"],
+                   ["--model.total_timesteps", str(epochs * 4096 * world), *extra])
 
 
 def main() -> None:

@@ -1,9 +1,9 @@
 """Training speed of whole configurations, side by side: agent-steps/s of ``train.py fit`` as a user runs it.
 
 Each configuration trains for ``--epochs`` epochs from scratch in its own ``train.py fit`` process (in a
-temporary directory, no evaluation), one after another and alternating over ``--rounds`` rounds; run it on an
-otherwise idle machine. Speed is read from the run's own TensorBoard log: agent steps over the trainer's
-``performance/train_seconds`` between the end of the first epoch (which pays one-off warm-up) and the last.
+temporary directory, no evaluation; ``backends.fit_sps``), one after another and alternating over ``--rounds``
+rounds; run it on an otherwise idle machine. Speed is read from the run's own TensorBoard log: the agent steps
+of epochs 2..N over their seconds (the first epoch pays one-off warm-up).
 Multiply steps-to-a-result by the printed minutes per million agent steps to get wall-clock to that result.
 
 A configuration is ``NAME:THREADS:CONFIG[,CONFIG...]``: its YAML files in order, and the learner's torch threads
@@ -17,16 +17,15 @@ A configuration is ``NAME:THREADS:CONFIG[,CONFIG...]``: its YAML files in order,
 from __future__ import annotations
 
 import argparse
-import glob
 import statistics
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from backends import fit_sps  # noqa: E402  (train.py fit in a temporary directory, its per-epoch SPS)
 from aligner_lightning.machine import cpu_name  # noqa: E402
 
 DEFAULT = [
@@ -49,37 +48,12 @@ def parse(spec: str) -> tuple[str, int, list[Path]]:
     return name, threads_n, paths
 
 
-def scalars(run_dir: Path, tag: str) -> dict[int, float]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    values: dict[int, float] = {}
-    for events in sorted(glob.glob(str(run_dir / "events.out.tfevents.*"))):
-        acc = EventAccumulator(events, size_guidance={"scalars": 0})
-        acc.Reload()
-        if tag in acc.Tags()["scalars"]:
-            values.update({e.step: e.value for e in acc.Scalars(tag)})
-    return values
-
-
 def time_config(name: str, threads: int, configs: list[Path], epochs: int) -> float:
-    """Agent-steps/s of one fresh run, epochs 2..N."""
-    with tempfile.TemporaryDirectory(prefix="config_speed_") as tmp:
-        cmd = [sys.executable, str(ROOT / "train.py"), "fit"]
-        for c in configs:
-            cmd += ["--config", str(c)]
-        cmd += ["--trainer.max_epochs", str(epochs), "--trainer.check_val_every_n_epoch", "1000000",
-                "--trainer.num_sanity_val_steps", "0", "--trainer.enable_progress_bar", "false",
-                "--model.torch_threads", str(threads),
-                "--run_name", name]
-        out = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
-        if out.returncode != 0:
-            raise SystemExit(f"{name}: train.py failed:\n{out.stderr[-3000:]}")
-        run_dir = Path(tmp) / "lightning_logs" / name
-        seconds = scalars(run_dir, "performance/train_seconds")
-        if len(seconds) < 2:
-            raise SystemExit(f"{name}: fewer than two epochs logged in {run_dir}; raise --epochs")
-        first, last = min(seconds), max(seconds)  # keyed by agent steps
-        return (last - first) / (seconds[last] - seconds[first])
+    """Agent-steps/s of one fresh run over epochs 2..N: the steps over the seconds (harmonic mean of the epochs')."""
+    sps = fit_sps(name, configs, ["--trainer.max_epochs", str(epochs), "--model.torch_threads", str(threads)])
+    if not sps:
+        raise SystemExit(f"{name}: only one epoch logged; raise --epochs")
+    return statistics.harmonic_mean(sps)
 
 
 def main() -> None:

@@ -133,6 +133,35 @@ def _config_flags(sweep: Sweep, variant: str, seed: int) -> list[str]:
     return flags
 
 
+def _claim_path(ckpt: Path) -> Path:
+    return ckpt.parent.parent / f"eval_{ckpt.stem}.claim"
+
+
+def _claim(path: Path) -> bool:
+    """Claims one checkpoint's evaluation for this invocation (a file holding its pid, created exclusively), so
+    that a sweep and an ``--eval-only`` beside it never judge the same checkpoint twice (one log, one CSV row).
+    A claim whose process is gone is taken over."""
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(path.read_text())
+                if pid <= 0:
+                    raise ValueError(pid)
+                os.kill(pid, 0)
+                return False  # held by a live invocation
+            except (ProcessLookupError, ValueError, FileNotFoundError):
+                path.unlink(missing_ok=True)  # stale: its invocation died
+                continue
+            except PermissionError:
+                return False
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return True
+    return False
+
+
 def _read_ckpt_meta(path: Path) -> dict:
     import torch
 
@@ -201,7 +230,8 @@ class Runner:
         for v, seed in order:  # evaluations first: they are short and make results appear early
             ckpt_dir = s.run_dir(v, seed) / "checkpoints"
             for ckpt in sorted(ckpt_dir.glob("epoch=*.ckpt"), key=lambda p: int(p.name.split("=")[1].split("-")[0])):
-                if (v, seed, ckpt.name) not in done and not self.busy(v, seed, "eval", ckpt):
+                if ((v, seed, ckpt.name) not in done and not self.busy(v, seed, "eval", ckpt)
+                        and (self.dry_run or _claim(_claim_path(ckpt)))):
                     return self.eval_job(v, seed, ckpt)
         if self.eval_only:
             return None
@@ -247,6 +277,8 @@ class Runner:
         print(f"[{time.strftime('%H:%M:%S')}] end   {job.kind} {job.variant} s{job.seed} rc={rc}", flush=True)
         if job.kind == "eval" and rc == 0:
             self.record(job)
+        if job.kind == "eval":
+            _claim_path(job.checkpoint).unlink(missing_ok=True)  # after the row is written
         elif rc != 0 and not self.stopping:
             print(f"  failed: see {job.log}", flush=True)
             self.failed.add((job.kind, job.variant, job.seed, job.checkpoint))
