@@ -86,6 +86,12 @@ def checkpoint_policy_spec(ckpt: dict[str, Any]) -> dict[str, Any]:
     return ckpt["aligner"].get("policy") or default_spec()
 
 
+def checkpoint_state_reset(ckpt: dict[str, Any]) -> int | None:
+    """The period at which the run's evaluations zeroed the policy's recurrent state (``model.eval_state_reset``;
+    None: carried over the episode, also for checkpoints that predate the option)."""
+    return (ckpt.get("hyper_parameters") or {}).get("eval_state_reset")
+
+
 def check_resumable(ckpt: dict[str, Any], path: Path, env_info, geometry: dict[str, int] | None = None,
                     world_size: int | None = None, policy_spec: dict[str, Any] | None = None) -> None:
     """Refuse a checkpoint whose env interface, batch geometry or (if given) policy disagrees with the config."""

@@ -29,6 +29,7 @@ from aligner_lightning.envs import METRICS, EnvFactory
 from aligner_lightning.errors import raise_if
 from aligner_lightning.missions.registry import MAX_SEED
 from aligner_lightning.policy import AlignerPolicy
+from aligner_lightning.policy_spec import state_reset_problem
 from aligner_lightning.render import render_frame
 from aligner_lightning.replay_log import NamedReplayWriter
 from aligner_lightning.scripted import ScriptedTeam
@@ -49,27 +50,37 @@ class Actor(Protocol):
 class PolicyActor:
     """The trained policy. Samples from its softmax like cogames' ``TutorialPolicy`` (argmax if ``greedy``).
 
-    The LSTM state starts from zeros at ``reset`` and carries over the whole episode. ``generator`` (on the
-    policy's device) makes the sampling reproducible, and keeps it off the global RNG that training draws from.
-    ``last_logits`` holds the logits of the latest ``act`` (for analyses that compare them with a teacher).
+    The recurrent state starts from zeros at ``reset`` and carries over the whole episode, or, with
+    ``state_reset`` N, starts from zeros again every N steps (as a training rollout does at each epoch's start).
+    ``generator`` (on the policy's device) makes the sampling reproducible, and keeps it off the global RNG that
+    training draws from. ``last_logits`` holds the logits of the latest ``act`` (for analyses that compare them
+    with a teacher).
     """
 
     def __init__(self, policy: AlignerPolicy, device: torch.device | str | None = None, greedy: bool = False,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, state_reset: int | None = None):
+        if problem := state_reset_problem(state_reset):
+            raise ValueError(problem)
         self.policy = policy
         self.device = torch.device(device) if device is not None else next(policy.parameters()).device
         self.greedy = greedy
         self.generator = generator
+        self.state_reset = state_reset
         self._state: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._steps = 0
         self.last_logits: torch.Tensor | None = None
 
     def reset(self, num_agents: int) -> None:
         self._state = self.policy.initial_state(num_agents, self.device)
+        self._num_agents, self._steps = num_agents, 0
 
     @torch.inference_mode()
     def act(self, obs: np.ndarray, env: MettaGridPufferEnv) -> np.ndarray:
         if self._state is None:
             raise RuntimeError("PolicyActor.act before reset")
+        if self.state_reset is not None and self._steps and self._steps % self.state_reset == 0:
+            self._state = self.policy.initial_state(self._num_agents, self.device)
+        self._steps += 1
         logits, _, self._state = self.policy.step(torch.from_numpy(obs).to(self.device), self._state)
         self.last_logits = logits
         if self.greedy:
@@ -156,6 +167,7 @@ class EvalSettings:
     replays: int  # the first `replays` episodes are saved as MettaScope replays
     gif: bool  # record frames of episode 0 for an animated GIF
     max_steps: int | None  # episode length override (None: the mission's)
+    state_reset: int | None  # zero the policy's recurrent state every n steps (None: carry it over)
     frame_stride: int = 10  # record every n-th step (1000 full 480 px frames would take ~700 MB)
 
     def __post_init__(self) -> None:
@@ -168,6 +180,8 @@ class EvalSettings:
             p.append(f"replays={self.replays!r}: must be an int in [0, episodes]")
         if self.max_steps is not None and (not _is_int(self.max_steps) or self.max_steps < 1):
             p.append(f"max_steps={self.max_steps!r}: must be an int >= 1 or None")
+        if problem := state_reset_problem(self.state_reset):
+            p.append(problem)
         if not _is_int(self.frame_stride) or self.frame_stride < 1:
             p.append(f"frame_stride={self.frame_stride!r}: must be an int >= 1")
         for name in ("greedy", "gif"):

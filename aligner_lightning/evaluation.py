@@ -33,7 +33,8 @@ class Evaluation:
                            gif=self.settings.gif and rank == 0)
         # Its own generator: evaluating draws nothing from the RNG that training samples with.
         generator = torch.Generator(device=device).manual_seed(settings.seed_base + rank * share)
-        actor = PolicyActor(policy, device, greedy=settings.greedy, generator=generator)
+        actor = PolicyActor(policy, device, greedy=settings.greedy, generator=generator,
+                            state_reset=settings.state_reset)
         self._result = play_episodes(actor, mission, overrides, settings, replay_dir if rank == 0 else None,
                                      episode_offset=rank * share)
 
@@ -58,6 +59,11 @@ class Evaluation:
                 log_episode_media(experiment, "eval/episode", result.frames, step=agent_steps)
         replays = ", ".join(str(p) for p in result.replay_paths) or "none"
         rank_zero_info(f"\n{stage} at {agent_steps} agent steps, {len(episodes)} episodes "
-                       f"({'greedy' if self.settings.greedy else 'sampled'} actions, map seeds from "
+                       f"({'greedy' if self.settings.greedy else 'sampled'} actions, {_state_note(self.settings.state_reset)}, "
+                       f"map seeds from "
                        f"{self.settings.seed_base}):\n{format_table(summary, len(episodes))}\nreplays: {replays}")
         return metrics
+
+
+def _state_note(state_reset: int | None) -> str:
+    return "state carried" if state_reset is None else f"state zeroed every {state_reset} steps"

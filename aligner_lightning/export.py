@@ -11,6 +11,8 @@ the policy was trained on), and ``weights.pt``, a bare ``state_dict`` (``torch.s
   the bundle needs nothing from this package.
 - Any other network exports for ``aligner_lightning.mettagrid_policy.AlignerMettaPolicy``, with the network's
   class path and arguments in ``init_kwargs``; playing it needs this package installed.
+- So does a checkpoint trained with ``model.eval_state_reset`` N (its evaluations zeroed the recurrent state
+  every N steps): ``init_kwargs`` carry ``state_reset`` N, so that the bundle plays as the policy was judged.
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ from cogames.policy.tutorial_policy import TutorialPolicyNet
 from mettagrid.policy.policy_env_interface import PolicyEnvInterface
 from mettagrid.policy.submission import POLICY_SPEC_FILENAME, SubmissionPolicySpec, write_submission_policy_spec
 
-from aligner_lightning.checkpoints import checkpoint_policy_spec, interface_mismatch, read_checkpoint
+from aligner_lightning.checkpoints import (checkpoint_policy_spec, checkpoint_state_reset, interface_mismatch,
+                                          read_checkpoint)
 from aligner_lightning.errors import CheckpointError
 from aligner_lightning.missions import MissionError, make_mission
-from aligner_lightning.policy_spec import PolicySpecError, build_policy, canonical, default_spec, describe
+from aligner_lightning.policy_spec import (PolicySpecError, build_policy, canonical, default_spec, describe,
+                                          state_reset_problem)
 
 CLASS_PATH = "cogames.policy.tutorial_policy.TutorialPolicy"
 OWN_CLASS_PATH = "aligner_lightning.mettagrid_policy.AlignerMettaPolicy"
@@ -71,14 +75,17 @@ def is_tutorial_net(spec: dict) -> bool:
 
 
 def export_bundle(ckpt_path: str | Path, out_dir: str | Path, force: bool = False,
-                  mission: str | None = None) -> Path:
+                  mission: str | None = None, state_reset: int | None = None) -> Path:
     """Write the bundle for ``ckpt_path`` into ``out_dir`` and return ``out_dir``.
 
     An existing non-empty ``out_dir`` is refused (FileExistsError) unless ``force``, which replaces the
     bundle's two files and leaves anything else there. With ``mission``, the checkpoint's env interface must
-    match that mission's (default overrides), or a CheckpointError lists what differs. Nothing is written
-    unless every check passes.
+    match that mission's (default overrides), or a CheckpointError lists what differs. ``state_reset`` (default:
+    the checkpoint's ``model.eval_state_reset``) makes the bundle zero each agent's recurrent state every that
+    many steps. Nothing is written unless every check passes.
     """
+    if problem := state_reset_problem(state_reset, "--state-reset"):
+        raise ValueError(problem)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out}: exists and is not a directory")
@@ -91,13 +98,19 @@ def export_bundle(ckpt_path: str | Path, out_dir: str | Path, force: bool = Fals
         if problems:
             raise CheckpointError(f"checkpoint {ckpt_path} does not fit mission {mission!r}: " + "; ".join(problems))
 
+    if state_reset is None:
+        state_reset = checkpoint_state_reset(read_checkpoint(Path(ckpt_path)))
+
     out.mkdir(parents=True, exist_ok=True)
     torch.save(weights, out / WEIGHTS_FILENAME)
-    if is_tutorial_net(policy_spec):
+    if is_tutorial_net(policy_spec) and state_reset is None:
         spec = SubmissionPolicySpec(class_path=CLASS_PATH, data_path=WEIGHTS_FILENAME, policy_env_interface=info)
     else:
+        kwargs = {"network": canonical(policy_spec)}
+        if state_reset is not None:
+            kwargs["state_reset"] = state_reset
         spec = SubmissionPolicySpec(class_path=OWN_CLASS_PATH, data_path=WEIGHTS_FILENAME, policy_env_interface=info,
-                                    init_kwargs={"network": canonical(policy_spec)})
+                                    init_kwargs=kwargs)
     write_submission_policy_spec(out / POLICY_SPEC_FILENAME, spec)
     return out
 
@@ -118,10 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="bundle directory to write (for `cogames run -p ./DIR`)")
     parser.add_argument("--force", action="store_true", help="write into an existing non-empty --out")
     parser.add_argument("--mission", help="check the checkpoint's observation/action interface against a mission")
+    parser.add_argument("--state-reset", type=int, metavar="N",
+                        help="zero each agent's recurrent state every N steps (default: as the checkpoint's run "
+                             "evaluated, model.eval_state_reset)")
     args = parser.parse_args(argv)
     try:
-        out = export_bundle(args.ckpt, args.out, force=args.force, mission=args.mission)
-    except (CheckpointError, FileExistsError, MissionError) as e:
+        out = export_bundle(args.ckpt, args.out, force=args.force, mission=args.mission, state_reset=args.state_reset)
+    except (CheckpointError, FileExistsError, MissionError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     # cogames reads -p as a bundle path only if it starts with '.', '/' or '~'.

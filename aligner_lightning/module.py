@@ -61,6 +61,7 @@ class AlignerPPO(L.LightningModule):
         eval_replays: int = 1,
         eval_gif: bool = True,
         eval_max_steps: int | None = None,
+        eval_state_reset: int | None = None,
         bc_coef_start: float = 0.0,
         bc_steps: int = 0,
         bc_epochs: int = 0,
@@ -99,6 +100,10 @@ class AlignerPPO(L.LightningModule):
             eval_replays: episodes per evaluation saved as MettaScope replays under <run>/replays/.
             eval_gif: log an animated GIF of one evaluation episode to TensorBoard (Images tab).
             eval_max_steps: episode length override for evaluation (null: the mission's).
+            eval_state_reset: zero the policy's recurrent state every this many steps of an evaluation episode
+                (null: carry it over the whole episode). A rollout that starts every epoch from zeros (no
+                ``data.carry_lstm_state``) trains a policy that has never acted on an older state; setting this to
+                the steps each agent plays per epoch (batch_size / agents) judges the policy as it acts there.
             bc_coef_start: kickstarting (off: 0; needs ``data.teacher``): the weight, at agent step 0, of the
                 behaviour-cloning term ``CE(student logits, teacher action)`` (mean over the minibatch's steps
                 that have a teacher label) added to the PPO loss; it falls linearly to 0 over ``bc_steps``.
@@ -162,7 +167,8 @@ class AlignerPPO(L.LightningModule):
         settings = None
         try:
             settings = EvalSettings(episodes=hp.eval_episodes, greedy=hp.eval_greedy, seed_base=hp.eval_seed_base,
-                                    replays=hp.eval_replays, gif=hp.eval_gif, max_steps=hp.eval_max_steps)
+                                    replays=hp.eval_replays, gif=hp.eval_gif, max_steps=hp.eval_max_steps,
+                                    state_reset=hp.eval_state_reset)
         except ConfigError as err:  # EvalSettings names its own fields; give the model.eval_* names
             p += ["model.eval_" + problem for problem in err.problems]
         raise_if(p)

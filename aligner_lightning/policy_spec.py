@@ -52,6 +52,14 @@ PolicyFactory = Callable[[Any], nn.Module]
 DEFAULT_CLASS_PATH = "aligner_lightning.policy.AlignerPolicy"
 
 
+def state_reset_problem(value: Any, name: str = "state_reset") -> str | None:
+    """What is wrong with a state-reset period (zero the recurrent state every ``value`` steps; None: never), or
+    None if nothing is."""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return None
+    return f"{name}={value!r}: must be an int >= 1 or None"
+
+
 class PolicySpecError(ValueError):
     """A policy spec that cannot be built; the message names model.policy and the fix."""
 

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from aligner_lightning.checkpoints import checkpoint_state_reset, read_checkpoint
 from aligner_lightning.envs import EnvFactory
 from aligner_lightning.episodes import PolicyActor, ScriptedActor
 from aligner_lightning.export import load_policy_checkpoint
@@ -47,12 +48,17 @@ PHASES = ("no gear", "loaded, junction in view", "loaded, none in view", "empty,
           "empty, hub out of view")
 
 
-def policy_actor(ckpt: str, seed: int, greedy: bool = False) -> PolicyActor:
+def policy_actor(ckpt: str, seed: int, greedy: bool = False, state_reset: int | None = None) -> PolicyActor:
+    """The checkpoint's policy; its recurrent state zeroed every ``state_reset`` steps (default: as its run
+    evaluated, ``model.eval_state_reset``)."""
     weights, info, spec = load_policy_checkpoint(ckpt)
     policy = build_policy(spec, info)
     policy.load_state_dict(weights)
     policy.eval()
-    return PolicyActor(policy, "cpu", greedy=greedy, generator=torch.Generator().manual_seed(seed))
+    if state_reset is None:
+        state_reset = checkpoint_state_reset(read_checkpoint(Path(ckpt)))
+    return PolicyActor(policy, "cpu", greedy=greedy, generator=torch.Generator().manual_seed(seed),
+                       state_reset=state_reset)
 
 
 def label(ckpt: str) -> str:
@@ -190,6 +196,9 @@ def main() -> None:
     parser.add_argument("--greedy", action="store_true", help="checkpoints act by argmax instead of sampling")
     parser.add_argument("--teacher", choices=("scripted", "scripted_local"),
                         help="label each checkpoint's states with this scripted team; print agreement by phase")
+    parser.add_argument("--state-reset", type=int, metavar="N",
+                        help="zero the policy's recurrent state every N steps (default: as the checkpoint's run "
+                             "evaluated, model.eval_state_reset)")
     parser.add_argument("--seed-base", type=int, default=1_000_000_000,
                         help="map seed of episode 0 (held out, as model.eval_seed_base)")
     args = parser.parse_args()
@@ -197,7 +206,7 @@ def main() -> None:
         parser.error("give at least one checkpoint, or --scripted")
     torch.set_num_threads(1)
     print(f"CPU: {cpu_name()}")
-    actors = [(label(c) + " (argmax)" * args.greedy, lambda c=c: policy_actor(c, args.seed_base, args.greedy))
+    actors = [(label(c) + " (argmax)" * args.greedy, lambda c=c: policy_actor(c, args.seed_base, args.greedy, args.state_reset))
               for c in args.checkpoints]
     if args.scripted:
         actors.append(("scripted team", lambda: ScriptedActor(seed=args.seed_base)))

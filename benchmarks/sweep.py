@@ -47,10 +47,13 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "sweeps"
 sys.path.insert(0, str(ROOT))
 from aligner_lightning.machine import cpu_name  # noqa: E402
-COLUMNS = ["variant", "seed", "checkpoint", "agent_steps", "train_seconds", "episodes", "aligned_mean",
-           "aligned_std", "return_mean", "return_std", "hearts_used_mean", "gear_pickups_mean", "deaths_mean",
+COLUMNS = ["variant", "seed", "checkpoint", "agent_steps", "train_seconds", "episodes", "state_reset",
+           "aligned_mean", "aligned_std", "return_mean", "return_std", "hearts_used_mean", "gear_pickups_mean", "deaths_mean",
            "cpu"]
 TABLE_ROW = re.compile(r"^(\w+)\s+\|\s+(-?[\d.]+|nan)\s+\|\s+(-?[\d.]+|nan)\s+\|\s+(\d+)\s*$")
+
+
+_UNSET = object()
 
 
 @dataclass
@@ -85,6 +88,24 @@ class Sweep:
 
     def run_dir(self, variant: str, seed: int) -> Path:
         return self.log_root / f"sweep_{self.name}" / self.run_name(variant, seed)
+
+    def setting(self, variant: str, key: str):
+        """The value a run of ``variant`` gets for a dotted ``key`` (``model.eval_state_reset``): the last of
+        the configs that sets it, then the sweep's overrides; None where nothing sets it."""
+        value = None
+        for c in self.configs:
+            node = yaml.safe_load((ROOT / c).read_text()) or {}
+            for part in key.split("."):
+                node = node.get(part, _UNSET) if isinstance(node, dict) else _UNSET
+            if node is not _UNSET:
+                value = node
+        return self.overrides(variant).get(key, value)
+
+    def state_reset(self, variant: str) -> str:
+        """How the variant's evaluations treat the recurrent state, as the CSV's ``state_reset`` column writes
+        it: the period in steps, or empty where it is carried over the whole episode."""
+        value = self.setting(variant, "model.eval_state_reset")
+        return "" if value is None else str(value)
 
     def global_batch(self, variant: str) -> int:
         o = self.overrides(variant)
@@ -200,10 +221,10 @@ class Runner:
 
     # -- state from files ----------------------------------------------------------------------------------
     def evaluated(self) -> set[tuple[str, int, str]]:
+        """The checkpoints judged as the sweep judges them now (rows of another ``state_reset`` do not count)."""
         if not self.csv_path.exists():
             return set()
-        with self.csv_path.open() as f:
-            return {(r["variant"], int(r["seed"]), r["checkpoint"]) for r in csv.DictReader(f)}
+        return {(r["variant"], int(r["seed"]), r["checkpoint"]) for r in current_rows(self.sweep, self.csv_path)}
 
     def stop_epochs(self, variant: str) -> int:
         return math.ceil(self.sweep.stop_steps / self.sweep.global_batch(variant))
@@ -216,8 +237,9 @@ class Runner:
             return True
         every = max(1, round(self.sweep.eval_every / self.sweep.global_batch(variant)))
         final_epoch = self.stop_epochs(variant) // every * every
-        return any(v == variant and s == seed and c.startswith(f"epoch={final_epoch - 1}-")
-                   for v, s, c in self.evaluated())
+        return any(r["variant"] == variant and int(r["seed"]) == seed
+                   and r["checkpoint"].startswith(f"epoch={final_epoch - 1}-")
+                   for r in (load_rows(self.csv_path) if self.csv_path.exists() else []))
 
     def busy(self, variant: str, seed: int, kind: str, checkpoint: Path | None = None) -> bool:
         return any(j.variant == variant and j.seed == seed and j.kind == kind and j.checkpoint == checkpoint
@@ -298,18 +320,12 @@ class Runner:
         row = {"variant": job.variant, "seed": job.seed, "checkpoint": job.checkpoint.name,
                "agent_steps": int(meta.get("agent_steps", 0)),
                "train_seconds": round(float(meta.get("train_seconds", float("nan"))), 1),
-               "episodes": table["junctions_aligned"][2],
+               "episodes": table["junctions_aligned"][2], "state_reset": self.sweep.state_reset(job.variant),
                "aligned_mean": table["junctions_aligned"][0], "aligned_std": table["junctions_aligned"][1],
                "return_mean": table["episode_return"][0], "return_std": table["episode_return"][1],
                "hearts_used_mean": table["heart_lost"][0], "gear_pickups_mean": table["aligner_gained"][0],
                "deaths_mean": table["deaths"][0], "cpu": self.cpu}
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        new = not self.csv_path.exists()
-        with self.csv_path.open("a", newline="") as f:
-            w = csv.DictWriter(f, COLUMNS)
-            if new:
-                w.writeheader()
-            w.writerow(row)
+        append_row(self.csv_path, row)
         print(f"  {job.variant} s{job.seed} @ {row['agent_steps']}: aligned {row['aligned_mean']:.2f} "
               f"+- {row['aligned_std']:.2f}, return {row['return_mean']:.2f}", flush=True)
         plot(self.sweep, self.csv_path)
@@ -349,7 +365,34 @@ class Runner:
 
 def load_rows(csv_path: Path) -> list[dict]:
     with csv_path.open() as f:
-        return list(csv.DictReader(f))
+        return [{**r, "state_reset": r.get("state_reset") or ""} for r in csv.DictReader(f)]
+
+
+def current_rows(sweep: Sweep, csv_path: Path) -> list[dict]:
+    """The rows evaluated as each variant is evaluated now (the same ``state_reset``)."""
+    return [r for r in load_rows(csv_path)
+            if r["variant"] in sweep.variants and r["state_reset"] == sweep.state_reset(r["variant"])]
+
+
+def append_row(csv_path: Path, row: dict) -> None:
+    """Append ``row``; a CSV written before a column existed is first rewritten with the full header (its rows
+    keep their values, the new column empty)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    if csv_path.exists():
+        with csv_path.open(newline="") as f:
+            header = next(csv.reader(f), [])
+        if header != COLUMNS:
+            old = load_rows(csv_path)
+            with csv_path.open("w", newline="") as f:
+                w = csv.DictWriter(f, COLUMNS, restval="")
+                w.writeheader()
+                w.writerows({k: r.get(k, "") for k in COLUMNS} for r in old)
+    new = not csv_path.exists()
+    with csv_path.open("a", newline="") as f:
+        w = csv.DictWriter(f, COLUMNS)
+        if new:
+            w.writeheader()
+        w.writerow(row)
 
 
 def plot(sweep: Sweep, csv_path: Path) -> None:
@@ -366,10 +409,11 @@ def plot(sweep: Sweep, csv_path: Path) -> None:
     rows = load_rows(csv_path)
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, variant in enumerate(sweep.variants):
-        mine = [r for r in rows if r["variant"] == variant]
-        if not mine:
-            continue
+    # One curve per variant and way of treating the recurrent state (a CSV may hold both for a checkpoint).
+    groups = [(v, reset) for v in sweep.variants for reset in sorted({r["state_reset"] for r in rows})
+              if any(r["variant"] == v and r["state_reset"] == reset for r in rows)]
+    for i, (variant, reset) in enumerate(groups):
+        mine = [r for r in rows if r["variant"] == variant and r["state_reset"] == reset]
         color = colors[i % len(colors)]
         for ax, x in zip(axes, ("agent_steps", "train_seconds")):
             by_seed: dict[str, list] = {}
@@ -386,7 +430,8 @@ def plot(sweep: Sweep, csv_path: Path) -> None:
                           for v in by_ckpt.values())
             full = [m[:2] for m in mean if m[2]]
             part = [m[:2] for m in mean if not m[2] and (not full or m[0] > full[-1][0])]
-            label = f"{variant} ({len(by_seed)} seed{'s' * (len(by_seed) > 1)})"
+            label = (f"{variant}{f', state zeroed every {reset} steps' if reset else ''} "
+                     f"({len(by_seed)} seed{'s' * (len(by_seed) > 1)})")
             if full:
                 ax.plot(*zip(*full), color=color, lw=2, marker="o", ms=3, label=label)
             if part:
@@ -414,7 +459,7 @@ def compare(sweep: Sweep, csv_path: Path, a: str, b: str) -> None:
         if name not in sweep.variants:
             raise SystemExit(f"--compare: {name!r} is not a variant of {sweep.name}: {list(sweep.variants)}")
     values: dict[tuple[str, int], dict[int, float]] = {}
-    for r in load_rows(csv_path):
+    for r in current_rows(sweep, csv_path):
         if r["variant"] in (a, b):
             values.setdefault((r["variant"], int(r["agent_steps"])), {})[int(r["seed"])] = float(r["aligned_mean"])
     marks = sorted({steps for v, steps in values if v == a} & {steps for v, steps in values if v == b})

@@ -11,7 +11,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from helpers import factory
+from helpers import factory, random_observations
 from mettagrid.simulator import SimulatorEventHandler
 from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
@@ -167,8 +167,31 @@ def test_media_logged_to_tensorboard(tmp_path):
 
 def test_settings_report_every_problem():
     with pytest.raises(ConfigError) as e:
-        EvalSettings(episodes=0, seed_base=-1, replays=3, max_steps=0, frame_stride=0, greedy=1, gif=True)
-    assert len(e.value.problems) == 6
+        EvalSettings(episodes=0, seed_base=-1, replays=3, max_steps=0, frame_stride=0, greedy=1, gif=True,
+                     state_reset=0)
+    assert len(e.value.problems) == 7
+
+
+def test_state_reset_zeroes_the_recurrent_state_every_n_steps(untrained_policy, smoke_factory):
+    """On a repeated observation the logits change from step to step while the LSTM state builds up, and are
+    those of step 0 again after every ``state_reset`` steps."""
+    obs = random_observations(smoke_factory, 1)[0].numpy()  # [agents, tokens, 3]
+
+    def logits(state_reset, steps=7):
+        actor = PolicyActor(untrained_policy, "cpu", greedy=True, state_reset=state_reset)
+        actor.reset(obs.shape[0])
+        out = []
+        for _ in range(steps):
+            actor.act(obs, None)
+            out.append(actor.last_logits.clone())
+        return out
+
+    carried, reset = logits(None), logits(3)
+    assert not torch.equal(carried[0], carried[1]) and not torch.equal(carried[0], carried[3])
+    for t in range(7):  # steps 3 and 6 start from zeros again, as step 0 did
+        torch.testing.assert_close(reset[t], carried[t % 3], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="state_reset=0"):
+        PolicyActor(untrained_policy, state_reset=0)
 
 
 def test_bad_play_episodes_arguments(untrained_policy):

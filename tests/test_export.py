@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,10 +14,12 @@ from mettagrid.simulator.rollout import Rollout
 
 from aligner_lightning.envs import env_interface
 from aligner_lightning.errors import CheckpointError
-from aligner_lightning.export import CLASS_PATH, WEIGHTS_FILENAME, export_bundle, interface_mismatch, main
+from aligner_lightning.export import (CLASS_PATH, OWN_CLASS_PATH, WEIGHTS_FILENAME, export_bundle, interface_mismatch,
+                                     main)
 from aligner_lightning.missions import make_mission
 from aligner_lightning.module import AlignerPPO
 from aligner_lightning.policy import AlignerPolicy
+from aligner_lightning.policy_spec import canonical, default_spec
 from helpers import factory, random_observations
 
 
@@ -25,12 +28,13 @@ def smoke_info() -> PolicyEnvInterface:
     return env_interface(factory("smoke"))
 
 
-def write_checkpoint(path, info: PolicyEnvInterface) -> AlignerPolicy:
+def write_checkpoint(path, info: PolicyEnvInterface, **hparams) -> AlignerPolicy:
     """What a Lightning checkpoint of AlignerPPO holds, without a Trainer."""
     torch.manual_seed(0)
-    module = AlignerPPO()
+    module = AlignerPPO(**hparams)
     module.policy = AlignerPolicy.from_env_interface(info)
-    torch.save({"state_dict": module.state_dict(), "aligner": {"env_interface": info.model_dump_json()}}, path)
+    torch.save({"state_dict": module.state_dict(), "aligner": {"env_interface": info.model_dump_json()},
+                "hyper_parameters": dict(module.hparams)}, path)
     return module.policy
 
 
@@ -63,6 +67,34 @@ def test_bundle_loads_in_cogames_and_matches(tmp_path, smoke_info, smoke_factory
     rollout = Rollout(make_mission("smoke", max_steps=8), [loaded.agent_policy(i) for i in range(4)])
     rollout.run_until_done()
     assert rollout.is_done() and rollout.timeout_counts == [0, 0, 0, 0]
+
+
+def test_a_run_evaluated_with_state_reset_exports_a_bundle_that_resets(tmp_path, smoke_info, smoke_factory, capsys):
+    """``model.eval_state_reset`` travels into the bundle: cogames' loader builds our policy class, whose agents
+    zero their recurrent state every that many steps, as the run's evaluations did."""
+    write_checkpoint(tmp_path / "last.ckpt", smoke_info, eval_state_reset=2)
+    bundle = export_bundle(tmp_path / "last.ckpt", tmp_path / "bundle")
+    spec_json = json.loads((bundle / "policy_spec.json").read_text())
+    assert spec_json["class_path"] == OWN_CLASS_PATH
+    assert spec_json["init_kwargs"] == {"network": canonical(default_spec()), "state_reset": 2}
+
+    loaded = initialize_or_load_policy(smoke_info, parse_policy_spec(str(bundle)).to_policy_spec())
+    tokens = random_observations(smoke_factory, 1)[0, 0].numpy()  # agent 0's [tokens, 3]
+    obs = SimpleNamespace(tokens=[SimpleNamespace(raw_token=t) for t in tokens if t[0] != 255])
+    step, state, states = loaded._step, loaded._step.initial_agent_state(), []
+    for _ in range(5):
+        _, state = step.step_with_state(obs, state)
+        states.append(state)
+    assert [s[1] for s in states] == [1, 2, 3, 4, 5]
+    assert not torch.equal(states[0][0][0], states[1][0][0])  # the state builds up ...
+    for t in (2, 4):  # ... and steps 2 and 4 start from zeros, as step 0 did
+        assert all(torch.equal(a, b) for a, b in zip(states[t][0], states[0][0]))
+
+    # Overridden on the command line, or refused with the flag named.
+    assert main(["--ckpt", str(tmp_path / "last.ckpt"), "--out", str(tmp_path / "b3"), "--state-reset", "3"]) == 0
+    assert json.loads((tmp_path / "b3" / "policy_spec.json").read_text())["init_kwargs"]["state_reset"] == 3
+    assert main(["--ckpt", str(tmp_path / "last.ckpt"), "--out", str(tmp_path / "b0"), "--state-reset", "0"]) == 2
+    assert "--state-reset=0" in capsys.readouterr().err and not (tmp_path / "b0").exists()
 
 
 def test_cli_refuses_non_empty_out_without_force(tmp_path, smoke_info, capsys):
