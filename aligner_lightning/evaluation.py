@@ -58,10 +58,10 @@ class Evaluation:
             if result.frames and isinstance(experiment, SummaryWriter):
                 log_episode_media(experiment, "eval/episode", result.frames, step=agent_steps)
         replays = ", ".join(str(p) for p in result.replay_paths) or "none"
-        rank_zero_info(f"\n{stage} at {agent_steps} agent steps, {len(episodes)} episodes "
-                       f"({'greedy' if self.settings.greedy else 'sampled'} actions, {_state_note(self.settings.state_reset)}, "
-                       f"map seeds from "
-                       f"{self.settings.seed_base}):\n{format_table(summary, len(episodes))}\nreplays: {replays}")
+        actions = "greedy" if self.settings.greedy else "sampled"
+        rank_zero_info(f"\n{stage} at {agent_steps} agent steps, {len(episodes)} episodes ({actions} actions, "
+                       f"{_state_note(self.settings.state_reset)}, map seeds from {self.settings.seed_base}):\n"
+                       f"{format_table(summary, len(episodes))}\nreplays: {replays}")
         return metrics
 
 
