@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from cogames.policy.tutorial_policy import TutorialPolicyNet
@@ -39,10 +40,17 @@ WEIGHTS_FILENAME = "weights.pt"
 POLICY_PREFIX = "policy."  # AlignerPPO keeps the network in ``self.policy``
 
 
-def load_policy_checkpoint(ckpt_path: str | Path) -> tuple[dict[str, torch.Tensor], PolicyEnvInterface, dict]:
-    """The policy's bare state_dict, env interface and spec (class path, arguments) from an AlignerPPO
-    checkpoint; CheckpointError if the file is missing, unreadable, not from AlignerPPO, or its weights do not
-    fit the network its spec builds."""
+class PolicyCheckpoint(NamedTuple):
+    weights: dict[str, torch.Tensor]  # the policy's bare state_dict
+    info: PolicyEnvInterface
+    spec: dict  # the network's class path and arguments
+    state_reset: int | None  # the run's model.eval_state_reset
+
+
+def load_policy_checkpoint(ckpt_path: str | Path) -> PolicyCheckpoint:
+    """The policy's bare state_dict, env interface, spec (class path, arguments) and evaluation state reset from
+    an AlignerPPO checkpoint, read once; CheckpointError if the file is missing, unreadable, not from AlignerPPO,
+    or its weights do not fit the network its spec builds."""
     path = Path(ckpt_path)
     ckpt = read_checkpoint(path)
     try:
@@ -63,7 +71,7 @@ def load_policy_checkpoint(ckpt_path: str | Path) -> tuple[dict[str, torch.Tenso
     if missing or unexpected:
         raise CheckpointError(f"checkpoint {path}: policy weights do not fit {type(net).__name__} "
                               f"(missing {sorted(missing)}, unexpected {sorted(unexpected)})")
-    return weights, info, spec
+    return PolicyCheckpoint(weights, info, spec, checkpoint_state_reset(ckpt))
 
 
 def is_tutorial_net(spec: dict) -> bool:
@@ -91,7 +99,7 @@ def export_bundle(ckpt_path: str | Path, out_dir: str | Path, force: bool = Fals
         raise FileExistsError(f"--out {out}: exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise FileExistsError(f"--out {out}: directory is not empty (use --force to overwrite the bundle there)")
-    weights, info, policy_spec = load_policy_checkpoint(ckpt_path)
+    weights, info, policy_spec, saved_reset = load_policy_checkpoint(ckpt_path)
     if mission is not None:
         problems = interface_mismatch(info, PolicyEnvInterface.from_mg_cfg(make_mission(mission)),
                                       labels=("checkpoint", f"mission {mission!r}"))
@@ -99,7 +107,7 @@ def export_bundle(ckpt_path: str | Path, out_dir: str | Path, force: bool = Fals
             raise CheckpointError(f"checkpoint {ckpt_path} does not fit mission {mission!r}: " + "; ".join(problems))
 
     if state_reset is None:
-        state_reset = checkpoint_state_reset(read_checkpoint(Path(ckpt_path)))
+        state_reset = saved_reset
 
     out.mkdir(parents=True, exist_ok=True)
     torch.save(weights, out / WEIGHTS_FILENAME)

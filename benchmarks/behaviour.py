@@ -35,7 +35,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aligner_lightning.checkpoints import checkpoint_state_reset, read_checkpoint
 from aligner_lightning.envs import EnvFactory
 from aligner_lightning.episodes import PolicyActor, ScriptedActor
 from aligner_lightning.export import load_policy_checkpoint
@@ -51,14 +50,12 @@ PHASES = ("no gear", "loaded, junction in view", "loaded, none in view", "empty,
 def policy_actor(ckpt: str, seed: int, greedy: bool = False, state_reset: int | None = None) -> PolicyActor:
     """The checkpoint's policy; its recurrent state zeroed every ``state_reset`` steps (default: as its run
     evaluated, ``model.eval_state_reset``)."""
-    weights, info, spec = load_policy_checkpoint(ckpt)
+    weights, info, spec, saved_reset = load_policy_checkpoint(ckpt)
     policy = build_policy(spec, info)
     policy.load_state_dict(weights)
     policy.eval()
-    if state_reset is None:
-        state_reset = checkpoint_state_reset(read_checkpoint(Path(ckpt)))
     return PolicyActor(policy, "cpu", greedy=greedy, generator=torch.Generator().manual_seed(seed),
-                       state_reset=state_reset)
+                       state_reset=saved_reset if state_reset is None else state_reset)
 
 
 def label(ckpt: str) -> str:

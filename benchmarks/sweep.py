@@ -48,8 +48,8 @@ RESULTS = ROOT / "benchmarks" / "results" / "sweeps"
 sys.path.insert(0, str(ROOT))
 from aligner_lightning.machine import cpu_name  # noqa: E402
 COLUMNS = ["variant", "seed", "checkpoint", "agent_steps", "train_seconds", "episodes", "state_reset",
-           "aligned_mean", "aligned_std", "return_mean", "return_std", "hearts_used_mean", "gear_pickups_mean", "deaths_mean",
-           "cpu"]
+           "aligned_mean", "aligned_std", "return_mean", "return_std", "hearts_used_mean", "gear_pickups_mean",
+           "deaths_mean", "cpu"]
 TABLE_ROW = re.compile(r"^(\w+)\s+\|\s+(-?[\d.]+|nan)\s+\|\s+(-?[\d.]+|nan)\s+\|\s+(\d+)\s*$")
 
 
@@ -217,6 +217,7 @@ class Runner:
         self.csv_path = RESULTS / f"{sweep.name}.csv"
         self.running: list[Job] = []
         self.stopping = False
+        self.failed: set[tuple] = set()  # jobs that failed in this invocation: not started again
         self.cpu = cpu_name()
 
     # -- state from files ----------------------------------------------------------------------------------
@@ -253,6 +254,7 @@ class Runner:
             ckpt_dir = s.run_dir(v, seed) / "checkpoints"
             for ckpt in sorted(ckpt_dir.glob("epoch=*.ckpt"), key=lambda p: int(p.name.split("=")[1].split("-")[0])):
                 if ((v, seed, ckpt.name) not in done and not self.busy(v, seed, "eval", ckpt)
+                        and ("eval", v, seed, ckpt) not in self.failed  # not retried, and not claimed again
                         and (self.dry_run or _claim(_claim_path(ckpt)))):
                     return self.eval_job(v, seed, ckpt)
         if self.eval_only:
@@ -301,7 +303,7 @@ class Runner:
             self.record(job)
         if job.kind == "eval":
             _claim_path(job.checkpoint).unlink(missing_ok=True)  # after the row is written
-        elif rc != 0 and not self.stopping:
+        if rc != 0 and not self.stopping:
             print(f"  failed: see {job.log}", flush=True)
             self.failed.add((job.kind, job.variant, job.seed, job.checkpoint))
 
@@ -331,7 +333,6 @@ class Runner:
         plot(self.sweep, self.csv_path)
 
     def run(self) -> None:
-        self.failed: set = set()
 
         def stop(signum, frame):
             self.stopping = True
@@ -370,8 +371,8 @@ def load_rows(csv_path: Path) -> list[dict]:
 
 def current_rows(sweep: Sweep, csv_path: Path) -> list[dict]:
     """The rows evaluated as each variant is evaluated now (the same ``state_reset``)."""
-    return [r for r in load_rows(csv_path)
-            if r["variant"] in sweep.variants and r["state_reset"] == sweep.state_reset(r["variant"])]
+    now = {v: sweep.state_reset(v) for v in sweep.variants}  # reads the configs once, not once per row
+    return [r for r in load_rows(csv_path) if now.get(r["variant"]) == r["state_reset"]]
 
 
 def append_row(csv_path: Path, row: dict) -> None:
