@@ -333,7 +333,6 @@ class Runner:
         plot(self.sweep, self.csv_path)
 
     def run(self) -> None:
-
         def stop(signum, frame):
             self.stopping = True
             for j in self.running:
