@@ -66,7 +66,6 @@ class Sweep:
     stop_steps: int
     eval_every: int
     eval_episodes: int = 32
-    batch_size: int = 4096  # the common batch; a variant may override data.batch_size
     log_root: Path = field(default=ROOT / "lightning_logs")
 
     @classmethod
@@ -108,8 +107,12 @@ class Sweep:
         return "" if value is None else str(value)
 
     def global_batch(self, variant: str) -> int:
-        o = self.overrides(variant)
-        return int(o.get("data.batch_size", self.batch_size)) * int(o.get("trainer.devices", 1))
+        """Agent steps per epoch over all ranks (the datamodule's batch is exactly ``data.batch_size``)."""
+        batch, devices = self.setting(variant, "data.batch_size"), self.setting(variant, "trainer.devices")
+        if not isinstance(devices, int):
+            sys.exit(f"error: sweep {self.name!r}, variant {variant!r}: trainer.devices is {devices!r}; the sweep "
+                     "counts agent steps per epoch, so set it to a number of devices in the configs or overrides")
+        return int(batch if batch is not None else 4096) * devices
 
 
 def _flags(overrides: dict) -> list[str]:
@@ -308,13 +311,7 @@ class Runner:
             self.failed.add((job.kind, job.variant, job.seed, job.checkpoint))
 
     def record(self, job: Job) -> None:
-        table = {}
-        for line in job.log.read_text().splitlines()[::-1]:
-            m = TABLE_ROW.match(line.strip())
-            if m and m.group(1) not in table:
-                table[m.group(1)] = (float(m.group(2)), float(m.group(3)), int(m.group(4)))
-            if "junctions_aligned" in table and line.startswith("test at"):
-                break
+        table = result_table(job.log.read_text())
         if "junctions_aligned" not in table:
             print(f"  no result table in {job.log}", flush=True)
             return
@@ -361,6 +358,18 @@ class Runner:
             if self.dry_run or not self.running:
                 return
             time.sleep(5)
+
+
+def result_table(log: str) -> dict[str, tuple[float, float, int]]:
+    """The last ``train.py test`` result table in a log: metric -> (mean, std, episodes)."""
+    table: dict[str, tuple[float, float, int]] = {}
+    for line in log.splitlines()[::-1]:
+        m = TABLE_ROW.match(line.strip())
+        if m and m.group(1) not in table:
+            table[m.group(1)] = (float(m.group(2)), float(m.group(3)), int(m.group(4)))
+        if "junctions_aligned" in table and line.startswith("test at"):
+            break
+    return table
 
 
 def load_rows(csv_path: Path) -> list[dict]:

@@ -1,0 +1,93 @@
+"""The learning-sweep harness (benchmarks/sweep.py): what a run gets, when it counts as done, and the result
+table it reads back from ``train.py test``. No training here; the harness's runs are the sweeps themselves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import sweep as sw  # benchmarks/ is on the path (conftest)
+import yaml
+
+from aligner_lightning.episodes import format_table
+
+
+def _sweep(tmp_path: Path, configs: list[dict], common: dict | None = None, variants: dict | None = None,
+           **kwargs) -> sw.Sweep:
+    paths = []
+    for i, cfg in enumerate(configs):
+        path = tmp_path / f"base{i}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        paths.append(str(path))  # absolute: ROOT / path is the path itself
+    spec = dict(name="t", configs=paths, common=common or {}, variants=variants or {"v": {}}, seeds=[1, 2],
+                stop_steps=kwargs.pop("stop_steps", 1_000_000), eval_every=kwargs.pop("eval_every", 500_000),
+                log_root=tmp_path / "logs", **kwargs)
+    return sw.Sweep(**spec)
+
+
+def test_setting_takes_the_last_config_then_the_overrides(tmp_path):
+    s = _sweep(tmp_path, [{"model": {"eval_state_reset": None, "gamma": 0.99}, "data": {"num_envs": 4}},
+                          {"model": {"eval_state_reset": 64}}],
+               common={"data.num_envs": 16}, variants={"a": {}, "b": {"model.eval_state_reset": 32}})
+    assert s.setting("a", "model.gamma") == 0.99          # only the first config sets it
+    assert s.setting("a", "model.eval_state_reset") == 64  # the later config wins
+    assert s.setting("b", "model.eval_state_reset") == 32  # the variant's override wins
+    assert s.setting("a", "data.num_envs") == 16           # the sweep's common override wins
+    assert s.setting("a", "model.nothing") is None
+    assert (s.state_reset("a"), s.state_reset("b")) == ("64", "32")
+
+
+def test_global_batch_reads_the_configs_and_the_devices(tmp_path):
+    s = _sweep(tmp_path, [{"data": {"batch_size": 8192}, "trainer": {"devices": 1}}],
+               variants={"one": {}, "ddp": {"trainer.devices": 2}, "small": {"data.batch_size": 2048}})
+    assert [s.global_batch(v) for v in ("one", "ddp", "small")] == [8192, 16384, 2048]
+    runner = sw.Runner(s, parallel=1, dry_run=True)
+    assert runner.stop_epochs("one") == 123   # ceil(1M / 8192)
+    assert runner.stop_epochs("ddp") == 62
+
+
+def test_global_batch_refuses_a_device_count_it_cannot_count(tmp_path):
+    s = _sweep(tmp_path, [{"data": {"batch_size": 4096}, "trainer": {"devices": "auto"}}])
+    with pytest.raises(SystemExit, match="trainer.devices"):
+        s.global_batch("v")
+
+
+def test_a_run_judged_at_its_last_mark_is_done_without_its_checkpoints(tmp_path, monkeypatch):
+    """The committed CSV travels to checkouts where the run's checkpoints do not: a run judged at its final mark
+    is not trained again there, one judged only at an earlier mark is."""
+    monkeypatch.setattr(sw, "RESULTS", tmp_path / "results")
+    s = _sweep(tmp_path, [{"data": {"batch_size": 4096}, "trainer": {"devices": 1}}])
+    runner = sw.Runner(s, parallel=1, dry_run=True)
+    # 1M steps in epochs of 4096: 245 epochs; a checkpoint every 122 (500k / 4096): the last one at epoch 244.
+    row = {c: "" for c in sw.COLUMNS}
+    sw.append_row(runner.csv_path, {**row, "variant": "v", "seed": 1, "checkpoint": "epoch=121-step=1.ckpt"})
+    assert not runner.train_done("v", 1)
+    sw.append_row(runner.csv_path, {**row, "variant": "v", "seed": 1, "checkpoint": "epoch=243-step=2.ckpt"})
+    assert runner.train_done("v", 1)
+    assert not runner.train_done("v", 2)
+    job = runner.next_job()
+    assert (job.kind, job.variant, job.seed) == ("train", "v", 2)
+    assert "--ckpt_path" not in job.cmd  # nothing to resume from
+    cmd = " ".join(job.cmd)
+    assert "--seed_everything 2 --data.seed 200000 --model.torch_threads 1" in cmd
+    assert "--trainer.max_epochs 245" in cmd
+
+
+def test_the_result_table_is_read_back_from_the_evaluation_log(tmp_path):
+    summary = {"episode_return": (36.125, 7.5), "junctions_aligned": (17.3125, 4.25), "heart_lost": (20.0, 3.0),
+               "aligner_gained": (5.5, 1.0), "deaths": (0.25, 0.5)}
+    older = format_table({"junctions_aligned": (1.0, 0.0)}, 8)
+    log = (f"validation at 0 agent steps\n{older}\n"
+           f"test at 2500000 agent steps, 32 episodes (sampled actions):\n{format_table(summary, 32)}\nreplays: none\n")
+    table = sw.result_table(log)
+    assert table["junctions_aligned"] == (17.312, 4.25, 32)  # the table prints three decimals
+    assert table["episode_return"][0] == 36.125
+    assert set(summary) <= set(table)
+    assert sw.result_table("no table here") == {}
+
+
+def test_flags_write_lists_and_booleans_as_yaml():
+    flags = sw._flags({"data.carry_lstm_state": True, "model.policy.init_args.conv_channels": [32, 64],
+                       "model.gamma": 0.99, "model.eval_state_reset": None})
+    assert flags == ["--data.carry_lstm_state", "true", "--model.policy.init_args.conv_channels", "[32, 64]",
+                     "--model.gamma", "0.99", "--model.eval_state_reset", "null"]
