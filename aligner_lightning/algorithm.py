@@ -189,6 +189,15 @@ def cloning_loss(logits: torch.Tensor, teacher_actions: torch.Tensor,
     return (nll * has_label).sum() / has_label.sum().clamp(min=1.0)
 
 
+def distillation_loss(logits: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:
+    """KL(target || student) of the action distributions, the mean over every step of ``logits [n, H, A]``
+    (kickstarting's anchor, not PuffeRL): the cross-entropy to a frozen policy's soft labels, less its entropy,
+    so 0 where the two agree."""
+    target_log_p = target_logits.reshape(-1, target_logits.shape[-1]).log_softmax(dim=-1)
+    log_p = logits.reshape(-1, logits.shape[-1]).log_softmax(dim=-1)
+    return (target_log_p.exp() * (target_log_p - log_p)).sum(dim=-1).mean()
+
+
 def explained_variance(values: torch.Tensor, returns: torch.Tensor) -> torch.Tensor:
     """1 - Var(R - V) / Var(R); NaN when the returns are constant."""
     var_r = returns.var()

@@ -10,6 +10,7 @@ modules that own them.
 
 from __future__ import annotations
 
+import copy
 import time
 import warnings
 from pathlib import Path
@@ -65,6 +66,9 @@ class AlignerPPO(L.LightningModule):
         bc_coef_start: float = 0.0,
         bc_steps: int = 0,
         bc_epochs: int = 0,
+        anchor_coef: float = 0.0,
+        anchor_at: int = 0,
+        anchor_steps: int = 0,
         eval_video: bool | None = None,
     ):
         """
@@ -112,6 +116,15 @@ class AlignerPPO(L.LightningModule):
                 by the current BC weight), after the PPO update and while that weight is above 0; each pass visits
                 every segment once, in minibatches of the PPO update's size. More cloning steps per sample
                 without more PPO passes.
+            anchor_coef: kickstarting's hand-over (off: 0): at the first epoch from global agent step ``anchor_at``
+                on, a frozen copy of the policy is kept as an anchor, and ``anchor_coef * KL(anchor || policy)``
+                (the mean over every step of the minibatch, the anchor acting from the same initial LSTM state)
+                is added to the PPO loss; the weight falls linearly to 0 over ``anchor_steps`` after
+                ``anchor_at``. The anchor is the student itself (say, once cloning has taught it), not the
+                teacher: it needs no teacher and works after the teacher's weights are 0. It costs one forward
+                pass of the anchor per minibatch while its weight is above 0, and is saved in checkpoints.
+            anchor_at: global agent step at which the anchor is frozen.
+            anchor_steps: global agent steps after ``anchor_at`` over which ``anchor_coef`` falls to 0.
             eval_video: deprecated, the old name of eval_gif: a value given here is used for eval_gif.
         """
         super().__init__()
@@ -136,6 +149,10 @@ class AlignerPPO(L.LightningModule):
         self.eval_settings = self._validate()
         self.evaluation = Evaluation(self.eval_settings)
         self.episode_means = EpisodeMeans()
+        # Kickstarting's anchor: a frozen copy of the policy, kept off the module's submodules (so it is neither
+        # trained nor in the state_dict) and saved in the checkpoint's "aligner" entry instead.
+        self._anchor: torch.nn.Module | None = None
+        self._anchor_weights: dict[str, torch.Tensor] | None = None  # from a checkpoint, until the policy exists
 
     def _validate(self) -> EvalSettings:
         """Every problem with the model's arguments at once, named as on the command line."""
@@ -162,6 +179,9 @@ class AlignerPPO(L.LightningModule):
         elif hp.bc_epochs > 0 and hp.bc_coef_start == 0:
             p.append(f"model.bc_epochs={hp.bc_epochs}: cloning passes need a cloning weight; set "
                      "model.bc_coef_start > 0 (or model.bc_epochs=0)")
+        p += schedule_problems("model.anchor_coef", hp.anchor_coef, "model.anchor_steps", hp.anchor_steps)
+        if not isinstance(hp.anchor_at, int) or hp.anchor_at < 0:
+            p.append(f"model.anchor_at={hp.anchor_at!r}: must be an int >= 0 (the agent step the anchor is frozen at)")
         if hp.torch_threads is not None and hp.torch_threads < 1:
             p.append(f"model.torch_threads={hp.torch_threads}: must be >= 1 or null")
         settings = None
@@ -242,6 +262,24 @@ class AlignerPPO(L.LightningModule):
         """This epoch's behaviour-cloning weight, from the global agent steps before it (0 without kickstarting)."""
         return linear_anneal(self.hparams.bc_coef_start, self.hparams.bc_steps, self.agent_steps)
 
+    def anchor_coef(self) -> float:
+        """This epoch's anchor weight: 0 before ``anchor_at``, then ``anchor_coef`` falling to 0 over
+        ``anchor_steps``."""
+        hp = self.hparams
+        if self.agent_steps < hp.anchor_at:
+            return 0.0
+        return linear_anneal(hp.anchor_coef, hp.anchor_steps, self.agent_steps - hp.anchor_at)
+
+    def anchor_policy(self) -> torch.nn.Module:
+        """The anchor: the checkpoint's, or else a frozen copy of the policy as it is now."""
+        if self._anchor is None:
+            anchor = copy.deepcopy(self.policy).requires_grad_(False).eval()
+            if self._anchor_weights is not None:
+                anchor.load_state_dict(self._anchor_weights)
+                self._anchor_weights = None
+            object.__setattr__(self, "_anchor", anchor)  # not nn.Module's setattr: no submodule
+        return self._anchor
+
     def training_step(self, rollout: Experience) -> None:
         """PuffeRL's update on one rollout: for each minibatch, V-trace advantages over the whole buffer, a
         prioritized draw of segments, the clipped PPO loss (plus behaviour cloning when kickstarting), backward,
@@ -250,6 +288,8 @@ class AlignerPPO(L.LightningModule):
         dm, algo, hp = self.datamodule, self.algo, self.hparams
         train_start = time.perf_counter()
         bc_coef = self.bc_coef()
+        anchor_coef = self.anchor_coef()
+        anchor = self.anchor_policy() if anchor_coef > 0 else None
         # Kickstarting, while some episodes were teacher-led: PPO learns from the student's own steps only.
         student_steps = ~rollout.teacher_led if rollout.teacher_led_fraction > 0 else None
         beta = algorithm.anneal_beta(algo.prio_beta0, algo.prio_alpha, self.current_epoch, self.total_epochs)
@@ -276,6 +316,12 @@ class AlignerPPO(L.LightningModule):
                                                  _rows(rollout.teacher_moves, idx))
                 loss = loss + bc_coef * bc_loss
                 stats["bc_loss"] = bc_loss.detach()
+            if anchor is not None:  # KL to the frozen student, on every step
+                with torch.no_grad():
+                    anchor_logits, _ = anchor(rollout.obs[idx], state)
+                anchor_kl = algorithm.distillation_loss(logits, anchor_logits.float())
+                loss = loss + anchor_coef * anchor_kl
+                stats["anchor_kl"] = anchor_kl.detach()
             rollout.ratio[idx] = stats.pop("ratio")  # the write-back: later minibatches' V-trace reads these
             rollout.values[idx] = new_values.detach()
             for k, v in stats.items():
@@ -291,6 +337,8 @@ class AlignerPPO(L.LightningModule):
             self.lr_schedulers().step()
 
         losses["losses/explained_variance"] = explained_variance
+        if self.hparams.anchor_coef > 0:
+            losses["losses/anchor_coef"] = anchor_coef
         timing = {**rollout.timing, "train_time": time.perf_counter() - train_start}
         self._finish_epoch(rollout, losses, timing, bc_coef)
         self._publish_policy(self.current_epoch + 1)  # the next rollouts act with these weights
@@ -402,11 +450,16 @@ class AlignerPPO(L.LightningModule):
             "geometry": dm.geometry(),
             "world_size": distributed.world_size(),
         }
+        if self._anchor is not None or self._anchor_weights is not None:
+            checkpoint["aligner"]["anchor"] = (self._anchor_weights if self._anchor is None
+                                               else self._anchor.state_dict())
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("aligner", {})
         self.agent_steps = int(state.get("agent_steps", 0))
         self.train_seconds = float(state.get("train_seconds", 0.0))
+        object.__setattr__(self, "_anchor", None)
+        self._anchor_weights = state.get("anchor")
         if self.policy is None and "env_interface" in state:  # AlignerPPO.load_from_checkpoint: no trainer
             from mettagrid.policy.policy_env_interface import PolicyEnvInterface
 
