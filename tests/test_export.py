@@ -69,7 +69,8 @@ def test_bundle_loads_in_cogames_and_matches(tmp_path, smoke_info, smoke_factory
     assert rollout.is_done() and rollout.timeout_counts == [0, 0, 0, 0]
 
 
-def test_a_run_evaluated_with_state_reset_exports_a_bundle_that_resets(tmp_path, smoke_info, smoke_factory, capsys):
+def test_a_run_evaluated_with_state_reset_exports_a_bundle_that_resets(tmp_path, smoke_info, smoke_factory, capsys,
+                                                                       monkeypatch):
     """``model.eval_state_reset`` travels into the bundle: cogames' loader builds our policy class, whose agents
     zero their recurrent state every that many steps, as the run's evaluations did."""
     write_checkpoint(tmp_path / "last.ckpt", smoke_info, eval_state_reset=2)
@@ -81,14 +82,16 @@ def test_a_run_evaluated_with_state_reset_exports_a_bundle_that_resets(tmp_path,
     loaded = initialize_or_load_policy(smoke_info, parse_policy_spec(str(bundle)).to_policy_spec())
     tokens = random_observations(smoke_factory, 1)[0, 0].numpy()  # agent 0's [tokens, 3]
     obs = SimpleNamespace(tokens=[SimpleNamespace(raw_token=t) for t in tokens if t[0] != 255])
-    step, state, states = loaded._step, loaded._step.initial_agent_state(), []
+    net, states = loaded.network(), []  # the recurrent state each of an agent's steps starts from
+    step = net.step
+    monkeypatch.setattr(net, "step", lambda tokens, state: states.append(state) or step(tokens, state))
+    agent = loaded.agent_policy(0)
     for _ in range(5):
-        _, state = step.step_with_state(obs, state)
-        states.append(state)
-    assert [s[1] for s in states] == [1, 2, 3, 4, 5]
-    assert not torch.equal(states[0][0][0], states[1][0][0])  # the state builds up ...
-    for t in (2, 4):  # ... and steps 2 and 4 start from zeros, as step 0 did
-        assert all(torch.equal(a, b) for a, b in zip(states[t][0], states[0][0]))
+        agent.step(obs)
+    assert not any(s.abs().sum() for s in states[0])  # step 0 starts from zeros,
+    assert all(s.abs().sum() > 0 for t in (1, 3) for s in states[t])  # the state builds up ...
+    for t in (2, 4):  # ... and steps 2 and 4 start from zeros again
+        assert all(torch.equal(a, b) for a, b in zip(states[t], states[0]))
 
     # Overridden on the command line, or refused with the flag named.
     assert main(["--ckpt", str(tmp_path / "last.ckpt"), "--out", str(tmp_path / "b3"), "--state-reset", "3"]) == 0
