@@ -21,6 +21,7 @@ evaluated again. SIGINT/SIGTERM stops the children gracefully (they save ``last.
     python benchmarks/sweep.py benchmarks/sweeps/screen.yaml --plot-only
     python benchmarks/sweep.py benchmarks/sweeps/screen.yaml --dry-run   # print the commands
     python benchmarks/sweep.py benchmarks/sweeps/screen.yaml --eval-only --parallel 1  # beside a busy sweep
+    python benchmarks/sweep.py benchmarks/sweeps/screen.yaml --stop-steps 1500000   # short of stop_steps
 
 Wall-clock is the trainer's own (``train_seconds`` in the checkpoint: training epochs only, summed over
 resumes), measured under the sweep's conditions: ``--parallel`` runs side by side, one thread each.
@@ -494,8 +495,15 @@ def main() -> None:
                         help="evaluate the checkpoints not yet in the CSV, start no training, exit when done (beside "
                              "a sweep whose slots are all training)")
     parser.add_argument("--compare", nargs=2, metavar="VARIANT", help="compare two variants over seeds and exit")
+    parser.add_argument("--stop-steps", type=int, metavar="N",
+                        help="train to N agent steps instead of the file's stop_steps (screen short, then confirm "
+                             "long with the same file: a later call with a larger N resumes the runs)")
     args = parser.parse_args()
     sweep = Sweep.load(args.sweep)
+    if args.stop_steps is not None:
+        if args.stop_steps < 1:
+            parser.error(f"--stop-steps={args.stop_steps}: must be >= 1 (agent steps)")
+        sweep.stop_steps = args.stop_steps
     if args.compare:
         compare(sweep, RESULTS / f"{sweep.name}.csv", *args.compare)
         return
