@@ -27,6 +27,7 @@ HELD_OUT = {
         ("fast_refill", "epochs4_refill", "64"), ("fast_screen", "fast_epochs4_refill", "64")],
     "configs/aligner_kickstart.yaml, the student alone (seeds 1-2)": [("kickstart", "kickstart", "")],
     "kickstart, four passes, local teacher (seeds 1-2)": [("kickstart_epochs", "local_epochs4", "")],
+    "... the same with model.anchor_coef 1 from 0.5M (seed 1)": [("kickstart_anchor", "anchor1", "")],
 }
 SEED_RUNS = sorted(RESULTS.glob("ours_s4*.csv"))
 BIN = 250_000
