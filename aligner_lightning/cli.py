@@ -15,6 +15,7 @@ from pathlib import Path
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
+from aligner_lightning import distributed
 from aligner_lightning.allocator import keep_freed_memory
 from aligner_lightning.checkpoints import (check_resumable, checkpoint_policy_spec, read_checkpoint, resolve_last,
                                            run_root)
@@ -119,3 +120,5 @@ def main() -> None:
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
+    finally:
+        distributed.shut_down()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import torch
@@ -31,3 +32,14 @@ def all_reduce_sum(value: torch.Tensor, device: torch.device) -> torch.Tensor:
         value = value.to(device)
         dist.all_reduce(value)
     return value.cpu()
+
+
+def shut_down() -> None:
+    """Destroy the process group, if any, before the interpreter finalizes.
+
+    Lightning destroys it at exit only for NCCL. A gloo group left alive is freed during finalization, when its
+    worker threads may still release tensors that need the GIL, and the process then aborts (SIGABRT, "terminate
+    called without an active exception") after a run that succeeded."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+        gc.collect()  # whatever still held the group in a reference cycle goes now, not at finalization

@@ -85,3 +85,21 @@ def test_auto_backend_follows_the_core_count(monkeypatch, cores, num_envs, expec
 
     monkeypatch.setattr(envs.os, "sched_getaffinity", lambda _pid: set(range(cores)))
     assert envs.resolve_backend("auto", num_envs, None) == expected
+
+
+def test_shut_down_destroys_the_process_group(tmp_path):
+    """A gloo group must not outlive ``main()``: freed during interpreter finalization it can abort the process
+    after a run that succeeded (Lightning destroys only NCCL groups at exit)."""
+    import torch.distributed as dist
+
+    from aligner_lightning import distributed
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert distributed.world_size() == 1 and dist.is_initialized()
+        distributed.shut_down()
+        assert not dist.is_initialized()
+        distributed.shut_down()  # nothing to do the second time
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
