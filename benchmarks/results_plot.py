@@ -25,9 +25,9 @@ SWEEPS = RESULTS / "sweeps"
 HELD_OUT = {
     "configs/aligner_fast.yaml (seeds 1-3, LSTM state zeroed every 64 steps)": [
         ("fast_refill", "epochs4_refill", "64"), ("fast_screen", "fast_epochs4_refill", "64")],
-    "configs/aligner_kickstart.yaml, the student alone (seeds 1-2)": [("kickstart", "kickstart", "")],
-    "kickstart, four passes, local teacher (seeds 1-2)": [("kickstart_epochs", "local_epochs4", "")],
-    "... the same with model.anchor_coef 1 from 0.5M (seed 1)": [("kickstart_anchor", "anchor1", "")],
+    "configs/aligner_kickstart.yaml, the student alone (seeds 1-2)": [("kickstart_anchor", "anchor1", "")],
+    "... the same without its anchor (seeds 1-2)": [("kickstart_epochs", "local_epochs4", "")],
+    "... with one pass, the full-knowledge teacher and no anchor (seeds 1-2)": [("kickstart", "kickstart", "")],
 }
 SEED_RUNS = sorted(RESULTS.glob("ours_s4*.csv"))
 BIN = 250_000

@@ -364,7 +364,8 @@ def test_kickstart_config_is_an_overlay_of_the_seed_config(monkeypatch, capsys, 
     args = ["--config", ROOT / "configs/aligner.yaml", "--config", ROOT / "configs/aligner_kickstart.yaml"]
     assert run_main(monkeypatch, tmp_path, "fit", *args, "--print_config") == 0
     printed = capsys.readouterr().out
-    for line in ("teacher: scripted", "mission: aligner_tutorial", "num_envs: 16", "total_timesteps: 3000000"):
+    for line in ("teacher: scripted_local", "mission: aligner_tutorial", "num_envs: 16", "update_epochs: 4",
+                 "total_timesteps: 3000000", "anchor_coef: 1.0", "anchor_at: 500000"):
         assert line in printed
 
 
