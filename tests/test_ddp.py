@@ -87,19 +87,24 @@ def test_auto_backend_follows_the_core_count(monkeypatch, cores, num_envs, expec
     assert envs.resolve_backend("auto", num_envs, None) == expected
 
 
-def test_shut_down_destroys_the_process_group(tmp_path):
+@pytest.mark.parametrize("fails", [False, True])
+def test_main_destroys_the_process_group_on_every_exit(monkeypatch, tmp_path, fails):
     """A gloo group must not outlive ``main()``: freed during interpreter finalization it can abort the process
-    after a run that succeeded (Lightning destroys only NCCL groups at exit)."""
+    after a run that succeeded (Lightning destroys only NCCL groups at exit). Also when the run ends in an error."""
     import torch.distributed as dist
 
-    from aligner_lightning import distributed
+    from aligner_lightning import cli
+    from aligner_lightning.errors import ConfigError
 
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    def run_in_a_group(args=None):
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+        if fails:
+            raise ConfigError("data.num_envs=0: must be >= 1")
+
+    monkeypatch.setattr(cli, "cli_main", run_in_a_group)
     try:
-        assert distributed.world_size() == 1 and dist.is_initialized()
-        distributed.shut_down()
+        assert run_main(monkeypatch, tmp_path, "fit") == (2 if fails else 0)
         assert not dist.is_initialized()
-        distributed.shut_down()  # nothing to do the second time
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
