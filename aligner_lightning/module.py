@@ -218,6 +218,8 @@ class AlignerPPO(L.LightningModule):
                       "data.teacher=scripted (or model.bc_coef_start=0)"])
 
     def setup(self, stage: str) -> None:
+        if self.hparams.torch_threads:  # every stage: `validate` and `test` play on the same cores as `fit`
+            torch.set_num_threads(self.hparams.torch_threads)
         if stage == "fit":
             self.check_teacher(self.datamodule)
 
@@ -245,8 +247,6 @@ class AlignerPPO(L.LightningModule):
 
     # -- training ------------------------------------------------------------------------------------------
     def on_train_start(self) -> None:
-        if self.hparams.torch_threads:
-            torch.set_num_threads(self.hparams.torch_threads)
         for scheduler in [self.lr_schedulers()] if self.hparams.anneal_lr else []:
             scheduler.T_max = self.total_epochs  # a resume with a new budget re-targets the schedule
         if self.trainer.max_epochs in (None, -1):  # show "epoch k/N" and stop exactly where PuffeRL would

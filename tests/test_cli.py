@@ -9,12 +9,14 @@ import sys
 import zlib
 
 import pytest
+import torch
 import yaml
 from helpers import DEBUG, EPOCH_STEPS, ROOT, TRAINED_EPOCHS, run_main, scalars
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from aligner_lightning import cli, evaluation
 from aligner_lightning.envs import METRICS
+from aligner_lightning.module import AlignerPPO
 
 LOSSES = ("policy_loss", "value_loss", "entropy", "approx_kl", "old_approx_kl", "clipfrac", "importance",
           "explained_variance")
@@ -87,6 +89,22 @@ def test_test_subcommand_evaluates_a_checkpoint(monkeypatch, trained_run):
     acc = EventAccumulator(str(test_dir), size_guidance={"images": 0})
     acc.Reload()
     assert "eval/episode" in acc.Tags()["images"]  # the animated episode
+
+
+def test_evaluation_subcommands_use_model_torch_threads(monkeypatch, tmp_path):
+    """`model.torch_threads` holds for `validate` (and `test`) too: with torch's default threads on cores other
+    runs keep busy, an evaluation's policy steps slow down many times over."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    played_with = []
+    monkeypatch.setattr(evaluation.Evaluation, "play", lambda self, *args: played_with.append(torch.get_num_threads()))
+    monkeypatch.setattr(AlignerPPO, "_report_evaluation", lambda self, stage: None)
+    try:
+        assert run_main(monkeypatch, tmp_path, "validate", "--config", DEBUG, "--run_name", "threads",
+                        "--trainer.enable_progress_bar", "false", "--model.torch_threads", "1") == 0
+    finally:
+        torch.set_num_threads(before)
+    assert played_with == [1]
 
 
 def test_validate_subcommand_evaluates_the_initial_policy(monkeypatch, tmp_path):
