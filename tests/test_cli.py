@@ -91,9 +91,9 @@ def test_test_subcommand_evaluates_a_checkpoint(monkeypatch, trained_run):
     assert "eval/episode" in acc.Tags()["images"]  # the animated episode
 
 
-def test_evaluation_subcommands_use_model_torch_threads(monkeypatch, tmp_path):
-    """`model.torch_threads` holds for `validate` (and `test`) too: with torch's default threads on cores other
-    runs keep busy, an evaluation's policy steps slow down many times over."""
+def test_validate_uses_model_torch_threads(monkeypatch, tmp_path):
+    """`model.torch_threads` holds outside `fit` too (`validate` here; `test` takes the same `setup`): with torch's
+    default threads on cores other runs keep busy, an evaluation's policy steps slow down many times over."""
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     played_with = []
