@@ -92,10 +92,11 @@ class PolicyActor:
 
 class ScriptedActor:
     """The privileged scripted team (reads the full simulator state): the mission's upper reference.
-    ``local``: the team's local mode (each agent knows only the junctions it has seen)."""
+    ``local``: the team's local mode (each agent knows only the junctions it has seen; with ``memory``, only
+    within its last ``memory`` steps); ``claims=False``: teammates' claims on junctions unknown."""
 
-    def __init__(self, seed: int = 0, local: bool = False):
-        self.seed, self.local = seed, local
+    def __init__(self, seed: int = 0, local: bool = False, memory: int | None = None, claims: bool = True):
+        self.seed, self.local, self.memory, self.claims = seed, local, memory, claims
         self._team: ScriptedTeam | None = None
 
     def reset(self, num_agents: int) -> None:
@@ -103,7 +104,8 @@ class ScriptedActor:
 
     def act(self, obs: np.ndarray, env: MettaGridPufferEnv) -> np.ndarray:
         if self._team is None:
-            self._team = ScriptedTeam(env, seed=self.seed, local=self.local)
+            self._team = ScriptedTeam(env, seed=self.seed, local=self.local, memory=self.memory,
+                                      claims=self.claims)
         return self._team.actions()
 
 

@@ -21,7 +21,10 @@ path. It still reads from the simulator the walls (for paths), the hub and the a
 junction is still neutral and alignable, and its teammates' claims. It too aligns every junction of the arena
 (maps 0-4: the same 53-62 as with full knowledge, the first at step 31-41 instead of 27-33), at 1-2x the cost
 per step (``benchmarks/teacher_cost.py``). As a teacher (``data.teacher: scripted_local``) its choices rest on
-what the student could have observed.
+what the student could have observed. ``memory=N`` shortens what a local agent knows to the cells it has had in
+view in its last N steps (a junction it has chosen stays its goal while it is neutral and alignable), and
+``claims=False`` hides the teammates' claims (agents may then head for the same junction):
+``benchmarks/view_memory.py`` measures what each costs the team.
 
 Cost. Per step the team reads only the agents from the simulator; it re-reads every object (junction
 alignment, the team's network) only when the team's tag counts change, which is exactly when a junction is
@@ -71,11 +74,13 @@ class _AgentState:
     target: int | None = None  # object id of the junction this agent has claimed
     last_cell: Cell | None = None
     stuck: int = 0
-    # Local mode: the cells this agent has had in view this episode, and the unseen cell it is walking to.
+    # Local mode: the cells this agent knows (had in view this episode, or within ``memory`` steps), and the
+    # unseen cell it is walking to.
     seen: np.ndarray | None = None
+    seen_at: np.ndarray | None = None  # with ``memory``: the step each cell was last in view
     explore: dict[str, int] | None = None
     explore_dist: np.ndarray | None = None  # along the path to ``explore`` (``_path_distances``)
-    explored: bool = False  # every cell it can reach has been seen
+    explored: bool = False  # every cell it can reach has been seen (for good only without ``memory``)
 
 
 @dataclass
@@ -109,12 +114,17 @@ class ScriptedTeam:
     a walk along the one path to an unseen cell).
     """
 
-    def __init__(self, env: SimulationSource, seed: int = 0, reuse: bool = True, local: bool = False):
+    def __init__(self, env: SimulationSource, seed: int = 0, reuse: bool = True, local: bool = False,
+                 memory: int | None = None, claims: bool = True):
         if local and not reuse:
             raise ValueError("local=True needs reuse=True (it walks on the reused grid graph)")
+        if memory is not None and (not local or memory < 1):
+            raise ValueError(f"memory={memory}: needs local=True and memory >= 1 (steps a seen cell is remembered)")
         self._env = env
         self.reuse = reuse
         self.local = local
+        self.memory = memory
+        self.claims = claims
         self._rng = np.random.default_rng(seed)
         self.idle = np.zeros(0, dtype=bool)
         self.moves = np.zeros(0, dtype=np.int64)
@@ -137,7 +147,7 @@ class ScriptedTeam:
             agent, state = agents[agent_id], self._agents[agent_id]
             pos = (agent["r"], agent["c"])
             if self.local:
-                _look(state, pos, world.blocked.shape)
+                _look(state, pos, world.blocked.shape, world.sim.current_step, self.memory)
             hearts = agent.get("inv:heart", 0)
             if state.target not in neutral:
                 state.target = None
@@ -146,7 +156,7 @@ class ScriptedTeam:
             elif hearts == 0 or (hearts < heart_cap and _adjacent(pos, (hub["r"], hub["c"]))):
                 goal = hub
             else:
-                claimed = {s.target for i, s in enumerate(self._agents) if i != agent_id}
+                claimed = {s.target for i, s in enumerate(self._agents) if i != agent_id} if self.claims else set()
                 if state.target is None:
                     state.target = self._nearest(world, pos, [
                         j for j in neutral.values()
@@ -242,8 +252,8 @@ class ScriptedTeam:
         from_pos = _graph_bfs(world.graph, world.blocked, [pos])
         dist = np.where(state.seen | world.blocked, np.inf, from_pos)
         best = dist.min()
-        if not np.isfinite(best):  # for good: the seen cells only grow, and walls and objects stay put
-            state.explore, state.explore_dist, state.explored = None, None, True
+        if not np.isfinite(best):  # for good without memory: the seen cells only grow, walls and objects stay put
+            state.explore, state.explore_dist, state.explored = None, None, self.memory is None
             return None
         rows, cols = np.nonzero(dist == best)
         pick = self._rng.integers(len(rows))
@@ -292,14 +302,21 @@ def _path_distances(from_pos: np.ndarray, pos: Cell, goal: Cell) -> np.ndarray:
     return out
 
 
-def _look(state: _AgentState, pos: Cell, shape: tuple[int, int]) -> None:
-    """Marks the cells in the agent's view as seen."""
-    if state.seen is None:
-        state.seen = np.zeros(shape, dtype=bool)
+def _look(state: _AgentState, pos: Cell, shape: tuple[int, int], step: int = 0, memory: int | None = None) -> None:
+    """Marks the cells in the agent's view as seen; with ``memory``, forgets those out of view that long."""
     r, c = pos
     half = VIEW_MASK.shape[0] // 2
     r0, r1, c0, c1 = max(r - half, 0), min(r + half + 1, shape[0]), max(c - half, 0), min(c + half + 1, shape[1])
-    state.seen[r0:r1, c0:c1] |= VIEW_MASK[r0 - r + half:r1 - r + half, c0 - c + half:c1 - c + half]
+    view = VIEW_MASK[r0 - r + half:r1 - r + half, c0 - c + half:c1 - c + half]
+    if memory is None:
+        if state.seen is None:
+            state.seen = np.zeros(shape, dtype=bool)
+        state.seen[r0:r1, c0:c1] |= view
+        return
+    if state.seen_at is None:
+        state.seen_at = np.full(shape, -memory, dtype=np.int64)  # never seen: forgotten at every step
+    np.copyto(state.seen_at[r0:r1, c0:c1], step, where=view)
+    state.seen = state.seen_at > step - memory
 
 
 def blocked_cells(sim: Simulation) -> np.ndarray:

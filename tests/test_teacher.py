@@ -117,6 +117,37 @@ def test_the_full_team_aims_at_junctions_it_has_not_seen():
     assert unseen_targets > 0
 
 
+def test_a_forgetful_local_agent_knows_only_its_last_views():
+    """``memory=3``: what each agent knows is exactly the union of its views from its last three positions
+    (rebuilt here from the positions alone), which is less than everything it has seen this episode."""
+    from aligner_lightning.scripted import _AgentState, _look
+
+    with pytest.raises(ValueError, match="memory=3: needs local=True"):
+        ScriptedTeam(make_factory("smoke").make_env(0), memory=3)
+    env = make_factory("aligner_tutorial", map_seed=0).make_env(0)
+    env.reset()
+    team = ScriptedTeam(env, seed=5, local=True, memory=3)
+    trail: list[list[tuple[int, int]]] = [[] for _ in range(4)]
+    everything = [_AgentState() for _ in range(4)]
+    forgotten = 0
+    for _ in range(300):
+        actions = team.actions()
+        shape = team._world.blocked.shape
+        objects = env.current_simulation.grid_objects(ignore_types=team._world.non_agent_types).values()
+        cells = {o["agent_id"]: (o["r"], o["c"]) for o in objects if o.get("agent_id") is not None}
+        for i, state in enumerate(team._agents):
+            trail[i].append(cells[i])
+            recent = _AgentState()
+            for cell in trail[i][-3:]:
+                _look(recent, cell, shape)
+            _look(everything[i], cells[i], shape)
+            np.testing.assert_array_equal(state.seen, recent.seen)
+            forgotten += int((everything[i].seen & ~recent.seen).sum())
+        env.step(actions)
+    env.close()
+    assert forgotten > 0
+
+
 @pytest.mark.parametrize("teacher, labels", [("scripted", "action"), ("scripted_local", "shortest")])
 def test_teacher_actions_are_the_scripted_teams_run_directly(teacher, labels):
     """Everything teacher-led: the executed actions for each agent are what a ScriptedTeam (in local mode for
