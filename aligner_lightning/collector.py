@@ -74,6 +74,7 @@ class RolloutRecipe:
     teacher_led_steps: int
     teacher_led_by: str
     teacher_labels: str
+    teacher_memory: int | None
 
     def build(self, device: torch.device) -> Rollout:
         vecenv = make_vecenv(self.factory, self.num_envs, self.backend, self.num_workers, self.env_batch_size)
@@ -81,7 +82,7 @@ class RolloutRecipe:
         if self.teacher is not None:
             try:
                 teacher = ScriptedTeacher(vecenv, [self.factory.env_seed(i) for i in range(self.num_envs)],
-                                          self.teacher)
+                                          self.teacher, memory=self.teacher_memory)
             except BaseException:
                 vecenv.close()
                 raise

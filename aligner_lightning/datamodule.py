@@ -58,6 +58,7 @@ class RolloutDataModule(L.LightningDataModule):
         teacher_led_steps: int = 0,
         teacher_led_by: str = "agent",
         teacher_labels: str = "action",
+        teacher_memory: int | None = None,
         collector: str = "sync",
         collector_threads: int = 1,
     ):
@@ -105,6 +106,9 @@ class RolloutDataModule(L.LightningDataModule):
                 teams are the teacher's or the student's).
             teacher_labels: what behaviour cloning takes as the teacher's choice: ``action`` (its action) or
                 ``shortest`` (every move as good as its action: any free move along a shortest path to its goal).
+            teacher_memory: ``scripted_local`` only (null: the whole episode): each of the teacher's agents knows
+                only the cells it has had in view in its last this-many steps, so its choices rest on what a
+                student could have seen that recently.
             collector: ``sync`` (PuffeRL: collect, then train, in turn) or ``async`` (option: a process of its
                 own collects the next rollout while the learner trains on this one; the policy lag is one update;
                 serial backend only). See docs/algorithm.md.
@@ -213,6 +217,10 @@ class RolloutDataModule(L.LightningDataModule):
             p.append(f"data.teacher_led_by={hp.teacher_led_by!r}: must be one of {', '.join(LED_BY)}")
         if hp.teacher_labels not in LABELS:
             p.append(f"data.teacher_labels={hp.teacher_labels!r}: must be one of {', '.join(LABELS)}")
+        if hp.teacher_memory is not None and (not isinstance(hp.teacher_memory, int) or hp.teacher_memory < 1
+                                              or hp.teacher != "scripted_local"):
+            p.append(f"data.teacher_memory={hp.teacher_memory!r}: must be null (the whole episode) or an int >= 1 "
+                     f"(steps), with data.teacher: scripted_local")
         if not p and hp.teacher_led_start > 0 and hp.teacher is None:
             p.append(f"data.teacher_led_start={hp.teacher_led_start}: needs a teacher "
                      f"(data.teacher: {' or '.join(TEACHERS)})")
@@ -238,7 +246,7 @@ class RolloutDataModule(L.LightningDataModule):
             reward_scale=hp.reward_scale, reward_clip=hp.reward_clip, refill_shaping=hp.refill_shaping,
             teacher=hp.teacher,
             teacher_led_start=hp.teacher_led_start, teacher_led_steps=hp.teacher_led_steps,
-            teacher_led_by=hp.teacher_led_by, teacher_labels=hp.teacher_labels)
+            teacher_led_by=hp.teacher_led_by, teacher_labels=hp.teacher_labels, teacher_memory=hp.teacher_memory)
 
     def make_rollout(self, device: torch.device) -> Rollout:
         """This rank's vector env and rollout buffer, with this module's options (for driving it by hand)."""

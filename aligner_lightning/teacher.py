@@ -91,7 +91,7 @@ class ScriptedTeacher:
     ``seconds`` and ``env_steps`` count its own cost.
     """
 
-    def __init__(self, vecenv, seeds: Sequence[int], kind: str = "scripted"):
+    def __init__(self, vecenv, seeds: Sequence[int], kind: str = "scripted", memory: int | None = None):
         envs = getattr(vecenv, "envs", None)
         if envs is None:
             raise ConfigError([f"data.teacher: the scripted teacher reads each env's simulator, and this "
@@ -100,7 +100,7 @@ class ScriptedTeacher:
         if len(seeds) != len(envs):
             raise ValueError(f"{len(seeds)} seeds for {len(envs)} envs")
         local = kind == "scripted_local"  # one of TEACHERS
-        self.teams = [ScriptedTeam(env, seed=int(seed), local=local) for env, seed in zip(envs, seeds)]
+        self.teams = [ScriptedTeam(env, seed=int(seed), local=local, memory=memory) for env, seed in zip(envs, seeds)]
         self._first_agent = list(np.cumsum([0] + [env.num_agents for env in envs]))
         self.seconds = 0.0
         self.env_steps = 0

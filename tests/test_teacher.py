@@ -148,13 +148,16 @@ def test_a_forgetful_local_agent_knows_only_its_last_views():
     assert forgotten > 0
 
 
-@pytest.mark.parametrize("teacher, labels", [("scripted", "action"), ("scripted_local", "shortest")])
-def test_teacher_actions_are_the_scripted_teams_run_directly(teacher, labels):
+@pytest.mark.parametrize("teacher, labels, memory", [("scripted", "action", None), ("scripted_local", "shortest", None),
+                                                     ("scripted_local", "action", 1)])
+def test_teacher_actions_are_the_scripted_teams_run_directly(teacher, labels, memory):
     """Everything teacher-led: the executed actions for each agent are what a ScriptedTeam (in local mode for
     ``scripted_local``), driving its own copy of that env from the same seeds, chooses step by step, and the
     labels are those actions except where the team was idle (nothing left to align: NO_LABEL); with
-    ``teacher_labels: shortest`` the buffer also holds the team's bitmasks of equally short moves."""
-    rollout, factory = smoke_rollout(segments_per_agent=8, teacher=teacher, teacher_labels=labels)  # one auto-reset
+    ``teacher_labels: shortest`` the buffer also holds the team's bitmasks of equally short moves; with
+    ``teacher_memory`` the team forgets as ``ScriptedTeam(memory=...)`` does (which changes its actions here)."""
+    rollout, factory = smoke_rollout(segments_per_agent=8, teacher=teacher, teacher_labels=labels,  # one auto-reset
+                                     teacher_memory=memory)
     rollout.collect(policy_for(factory), teacher_led=1.0, use_teacher=True)
     buf = rollout.buffer
     assert bool(buf.teacher_led.all())
@@ -162,7 +165,7 @@ def test_teacher_actions_are_the_scripted_teams_run_directly(teacher, labels):
     for i in range(NUM_ENVS):
         env = factory.make_env(i)
         env.reset()
-        team = ScriptedTeam(env, seed=factory.env_seed(i), local=teacher == "scripted_local")
+        team = ScriptedTeam(env, seed=factory.env_seed(i), local=teacher == "scripted_local", memory=memory)
         actions, labelled, moves = [], [], []
         for _ in range(8 * HORIZON):
             step_actions = team.actions()
@@ -386,6 +389,9 @@ def test_auto_backend_choosing_multiprocessing_with_a_teacher_is_refused(monkeyp
     (["--data.teacher_led_by", "team"], "data.teacher_led_by='team': must be one of agent, env"),
     (["--data.teacher_labels", "path"], "data.teacher_labels='path': must be one of action, shortest"),
     (["--model.bc_epochs", "2"], "model.bc_epochs=2: cloning passes need a cloning weight"),
+    (["--data.teacher", "scripted", "--data.teacher_memory", "64"],
+     "data.teacher_memory=64: must be null (the whole episode) or an int >= 1 (steps), with data.teacher: scripted_local"),
+    (["--data.teacher", "scripted_local", "--data.teacher_memory", "0"], "data.teacher_memory=0: must be null"),
 ])
 def test_bad_teacher_settings_get_one_clear_error(monkeypatch, capsys, tmp_path, args, expected):
     assert expected in cli_error(monkeypatch, capsys, tmp_path, *args)
