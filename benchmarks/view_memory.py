@@ -18,11 +18,7 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
-
-from aligner_lightning import stats
-from aligner_lightning.envs import EnvFactory
-from aligner_lightning.episodes import ScriptedActor, play_episode
+from aligner_lightning.episodes import EvalSettings, ScriptedActor, play_episodes, summarize
 from aligner_lightning.machine import cpu_name
 
 
@@ -35,6 +31,9 @@ def main() -> None:
     parser.add_argument("--seed-base", type=int, default=1_000_000_000,
                         help="map seed of episode 0 (held out, as model.eval_seed_base)")
     args = parser.parse_args()
+    # The held-out maps of train.py test: episode k plays map seed seed_base + k.
+    settings = EvalSettings(episodes=args.episodes, greedy=False, seed_base=args.seed_base, replays=0, gif=False,
+                            max_steps=None, state_reset=None)
     print(f"CPU: {cpu_name()}; {args.episodes} episodes, map seeds {args.seed_base}..")
     shortest = min(args.memory)
     teams = [(f"local, memory {m}", dict(local=True, memory=m)) for m in sorted(args.memory)]
@@ -45,15 +44,11 @@ def main() -> None:
           "|---|---|---|---|---|")
     for name, kwargs in teams:
         start = time.perf_counter()
-        infos = []
-        for k in range(args.episodes):
-            seed = args.seed_base + k
-            factory = EnvFactory(args.mission, {}, seed=seed, seed_stride=1, early_reset=False)
-            infos.append(play_episode(ScriptedActor(seed=seed, **kwargs), factory).info)
-        aligned = np.array([i["junctions_aligned"] for i in infos])
-        first = np.mean([i["first_alignment_step"] for i in infos])
-        hearts = np.mean([i.get("game/" + stats.HEART_WITHDRAWN, 0) for i in infos])
-        print(f"| {name} | {aligned.mean():.1f} +- {aligned.std():.1f} | {first:.0f} | {hearts:.1f} | "
+        actor = ScriptedActor(seed=args.seed_base, **kwargs)
+        summary = summarize(play_episodes(actor, args.mission, {}, settings).episodes)
+        (aligned, std), (first, _), (hearts, _) = (summary[k] for k in ("junctions_aligned", "first_alignment_step",
+                                                                          "heart_gained"))
+        print(f"| {name} | {aligned:.1f} +- {std:.1f} | {first:.0f} | {hearts:.1f} | "
               f"{time.perf_counter() - start:.0f} |", flush=True)
 
 

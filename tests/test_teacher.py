@@ -158,6 +158,7 @@ def test_teacher_actions_are_the_scripted_teams_run_directly(teacher, labels, me
     ``teacher_memory`` the team forgets as ``ScriptedTeam(memory=...)`` does (which changes its actions here)."""
     rollout, factory = smoke_rollout(segments_per_agent=8, teacher=teacher, teacher_labels=labels,  # one auto-reset
                                      teacher_memory=memory)
+    assert [team.memory for team in rollout.teacher.teams] == [memory] * NUM_ENVS
     rollout.collect(policy_for(factory), teacher_led=1.0, use_teacher=True)
     buf = rollout.buffer
     assert bool(buf.teacher_led.all())
