@@ -43,6 +43,7 @@ class AlignerPPO(L.LightningModule):
         adam_eps: float = 1e-8,
         anneal_lr: bool = True,
         min_lr_ratio: float = 0.0,
+        lr_anneal_steps: int | None = None,
         gamma: float = 0.995,
         gae_lambda: float = 0.90,
         clip_coef: float = 0.2,
@@ -83,6 +84,8 @@ class AlignerPPO(L.LightningModule):
             adam_eps: Adam epsilon.
             anneal_lr: cosine-anneal the LR over total_timesteps // batch_size epochs.
             min_lr_ratio: the schedule's floor as a fraction of learning_rate (PuffeRL: 0).
+            lr_anneal_steps: agent steps (all ranks) over which the cosine falls to its floor; the LR then stays at
+                the floor until total_timesteps (null: the schedule spans total_timesteps, as PuffeRL's).
             gamma: discount.
             gae_lambda: GAE lambda.
             clip_coef: PPO ratio clip.
@@ -164,6 +167,9 @@ class AlignerPPO(L.LightningModule):
             p.append(f"model.learning_rate={hp.learning_rate}: must be > 0")
         if not 0 <= hp.min_lr_ratio <= 1:
             p.append(f"model.min_lr_ratio={hp.min_lr_ratio}: must be in [0, 1]")
+        if hp.lr_anneal_steps is not None and (not isinstance(hp.lr_anneal_steps, int) or hp.lr_anneal_steps < 1):
+            p.append(f"model.lr_anneal_steps={hp.lr_anneal_steps!r}: must be an int >= 1 (agent steps) or null "
+                     "(anneal over model.total_timesteps)")
         for name in ("gamma", "gae_lambda"):
             if not 0 <= hp[name] <= 1:
                 p.append(f"model.{name}={hp[name]}: must be in [0, 1]")
@@ -234,21 +240,27 @@ class AlignerPPO(L.LightningModule):
 
     @property
     def total_epochs(self) -> int:
-        """The LR schedule's length, as PuffeRL: total_timesteps // batch (at least 1)."""
+        """The run's length in epochs, as PuffeRL: total_timesteps // batch (at least 1)."""
         return max(1, self.hparams.total_timesteps // self.global_batch_size)
+
+    @property
+    def anneal_epochs(self) -> int:
+        """The LR schedule's length, as PuffeRL: total_timesteps // batch (at least 1), or lr_anneal_steps // batch."""
+        steps = self.hparams.lr_anneal_steps or self.hparams.total_timesteps
+        return max(1, steps // self.global_batch_size)
 
     def configure_optimizers(self):
         hp = self.hparams
         optimizer = torch.optim.Adam(self.policy.parameters(), lr=hp.learning_rate,
                                      betas=(hp.adam_beta1, hp.adam_beta2), eps=hp.adam_eps)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=self.total_epochs, eta_min=hp.learning_rate * hp.min_lr_ratio)
+            optimizer, T_max=self.anneal_epochs, eta_min=hp.learning_rate * hp.min_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     # -- training ------------------------------------------------------------------------------------------
     def on_train_start(self) -> None:
         for scheduler in [self.lr_schedulers()] if self.hparams.anneal_lr else []:
-            scheduler.T_max = self.total_epochs  # a resume with a new budget re-targets the schedule
+            scheduler.T_max = self.anneal_epochs  # a resume with a new budget re-targets the schedule
         if self.trainer.max_epochs in (None, -1):  # show "epoch k/N" and stop exactly where PuffeRL would
             self.trainer.fit_loop.max_epochs = -(-self.hparams.total_timesteps // self.global_batch_size)
         if self.agent_steps >= self.hparams.total_timesteps:
@@ -334,7 +346,12 @@ class AlignerPPO(L.LightningModule):
         if bc_coef > 0 and hp.bc_epochs > 0:
             losses["losses/bc_pass_loss"] = self._cloning_passes(rollout, bc_coef)
         if hp.anneal_lr:
-            self.lr_schedulers().step()
+            scheduler = self.lr_schedulers()
+            # A cosine stepped past T_max climbs again; a shorter schedule holds its floor instead. (The default
+            # keeps PuffeRL's stepping exactly, including its last epoch past T_max when the budget is not a
+            # whole number of batches.)
+            if hp.lr_anneal_steps is None or scheduler.last_epoch < scheduler.T_max:
+                scheduler.step()
 
         losses["losses/explained_variance"] = explained_variance
         if self.hparams.anchor_coef > 0:

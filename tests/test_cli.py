@@ -135,6 +135,7 @@ def test_validate_subcommand_evaluates_the_initial_policy(monkeypatch, tmp_path)
         (["--model.eval_episodes", "0", "--model.gamma", "2"], "model.gamma=2.0: must be in [0, 1]"),
         (["--model.eval_gif", "1"], "model.eval_gif"),
         (["--model.eval_state_reset", "0"], "model.eval_state_reset=0: must be an int >= 1 or None"),
+        (["--model.lr_anneal_steps", "0"], "model.lr_anneal_steps=0: must be an int >= 1 (agent steps) or null"),
     ],
 )
 def test_bad_config_values_get_one_clear_error(monkeypatch, capsys, tmp_path, args, expected):
