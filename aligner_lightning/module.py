@@ -82,7 +82,7 @@ class AlignerPPO(L.LightningModule):
             adam_beta1: Adam beta1.
             adam_beta2: Adam beta2.
             adam_eps: Adam epsilon.
-            anneal_lr: cosine-anneal the LR over total_timesteps // batch_size epochs.
+            anneal_lr: cosine-anneal the LR over total_timesteps // batch_size epochs (or lr_anneal_steps').
             min_lr_ratio: the schedule's floor as a fraction of learning_rate (PuffeRL: 0).
             lr_anneal_steps: agent steps (all ranks) over which the cosine falls to its floor; the LR then stays at
                 the floor until total_timesteps (null: the schedule spans total_timesteps, as PuffeRL's).
@@ -245,7 +245,7 @@ class AlignerPPO(L.LightningModule):
 
     @property
     def anneal_epochs(self) -> int:
-        """The LR schedule's length, as PuffeRL: total_timesteps // batch (at least 1), or lr_anneal_steps // batch."""
+        """The LR schedule's length in epochs: total_timesteps // batch as PuffeRL, or lr_anneal_steps // batch."""
         steps = self.hparams.lr_anneal_steps or self.hparams.total_timesteps
         return max(1, steps // self.global_batch_size)
 
