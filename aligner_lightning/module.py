@@ -82,7 +82,7 @@ class AlignerPPO(L.LightningModule):
             adam_beta1: Adam beta1.
             adam_beta2: Adam beta2.
             adam_eps: Adam epsilon.
-            anneal_lr: cosine-anneal the LR over total_timesteps // batch_size epochs (or lr_anneal_steps').
+            anneal_lr: cosine-anneal the LR over total_timesteps // batch_size epochs (or over lr_anneal_steps).
             min_lr_ratio: the schedule's floor as a fraction of learning_rate (PuffeRL: 0).
             lr_anneal_steps: agent steps (all ranks) over which the cosine falls to its floor; the LR then stays at
                 the floor until total_timesteps (null: the schedule spans total_timesteps, as PuffeRL's).
@@ -347,10 +347,7 @@ class AlignerPPO(L.LightningModule):
             losses["losses/bc_pass_loss"] = self._cloning_passes(rollout, bc_coef)
         if hp.anneal_lr:
             scheduler = self.lr_schedulers()
-            # A cosine stepped past T_max climbs again; a shorter schedule holds its floor instead. (The default
-            # keeps PuffeRL's stepping exactly, including its last epoch past T_max when the budget is not a
-            # whole number of batches.)
-            if hp.lr_anneal_steps is None or scheduler.last_epoch < scheduler.T_max:
+            if scheduler.last_epoch < scheduler.T_max:  # stepped past T_max, a cosine climbs again: hold the floor
                 scheduler.step()
 
         losses["losses/explained_variance"] = explained_variance
