@@ -17,6 +17,11 @@ It is resumable: everything is derived from files. A run whose ``last.ckpt`` is 
 from it (``--ckpt_path``), a finished run is not started again, and a checkpoint already in the CSV is not
 evaluated again. SIGINT/SIGTERM stops the children gracefully (they save ``last.ckpt``) and exits.
 
+A variant may branch from another at one of its marks (``branches: {new: {variant: old, steps: 1500000}}``): its
+run then starts from that run's numbered checkpoint at the mark (same seed) with its own overrides, and the
+CSV takes the old run's rows up to the mark under the new name, so its curve is whole. Until the old run has
+the checkpoint, the branch waits.
+
     nohup python benchmarks/sweep.py benchmarks/sweeps/screen.yaml > sweep.log 2>&1 &
     python benchmarks/sweep.py benchmarks/sweeps/screen.yaml --plot-only
     python benchmarks/sweep.py benchmarks/sweeps/screen.yaml --dry-run   # print the commands
@@ -34,6 +39,7 @@ import csv
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -67,7 +73,21 @@ class Sweep:
     stop_steps: int
     eval_every: int
     eval_episodes: int = 32
+    branches: dict[str, dict] = field(default_factory=dict)  # variant -> {variant: source, steps: mark}
     log_root: Path = field(default=ROOT / "lightning_logs")
+
+    def __post_init__(self) -> None:
+        for new, b in self.branches.items():
+            where = f"sweep {self.name!r}, branches.{new}"
+            if new not in self.variants:
+                sys.exit(f"error: {where}: {new!r} is not a variant; add it under variants with its overrides")
+            if not isinstance(b, dict) or set(b) != {"variant", "steps"}:
+                sys.exit(f"error: {where}: write {{variant: <the variant it starts from>, steps: <a mark>}}")
+            if b["variant"] not in self.variants or b["variant"] == new:
+                sys.exit(f"error: {where}.variant={b['variant']!r}: must be another variant of {list(self.variants)}")
+            if not isinstance(b["steps"], int) or b["steps"] < 1 or b["steps"] % self.eval_every:
+                sys.exit(f"error: {where}.steps={b['steps']!r}: must be a mark, a multiple of eval_every "
+                         f"({self.eval_every}), since checkpoints exist only there")
 
     @classmethod
     def load(cls, path: Path) -> "Sweep":
@@ -78,7 +98,7 @@ class Sweep:
         return cls(name=spec.get("name", path.stem), configs=spec["configs"], common=spec.get("common") or {},
                    variants={k: v or {} for k, v in spec["variants"].items()}, seeds=list(spec["seeds"]),
                    stop_steps=int(spec["stop_steps"]), eval_every=int(spec["eval_every"]),
-                   eval_episodes=int(spec.get("eval_episodes", 32)))
+                   eval_episodes=int(spec.get("eval_episodes", 32)), branches=spec.get("branches") or {})
 
     def overrides(self, variant: str) -> dict:
         return {**self.common, **self.variants[variant]}
@@ -265,16 +285,57 @@ class Runner:
             return None
         for v, seed in order:
             if not self.busy(v, seed, "train") and not self.train_done(v, seed):
-                return self.train_job(v, seed)
+                job = self.train_job(v, seed)
+                if job is not None:
+                    return job
         return None
 
-    def train_job(self, variant: str, seed: int) -> Job:
+    def branch_point(self, variant: str, seed: int) -> Path | None:
+        """The source run's numbered checkpoint a branch starts from; None while this invocation still trains
+        that run towards it; otherwise its absence stops the sweep with the command that trains it."""
+        b = self.sweep.branches[variant]
+        every = max(1, round(self.sweep.eval_every / self.sweep.global_batch(b["variant"])))
+        epoch = b["steps"] // self.sweep.eval_every * every - 1
+        found = sorted((self.sweep.run_dir(b["variant"], seed) / "checkpoints").glob(f"epoch={epoch}-*.ckpt"))
+        if found:
+            return found[0]
+        if b["variant"] in self.variants and seed in self.seeds and not self.train_done(b["variant"], seed):
+            return None
+        raise SystemExit(f"branch {variant} s{seed}: {self.sweep.run_dir(b['variant'], seed)} has no checkpoint at "
+                         f"{b['steps']} agent steps (epoch={epoch}-*.ckpt); train it first: --variants {b['variant']} "
+                         f"--seeds {seed}")
+
+    def start_branch(self, variant: str, seed: int, source: Path) -> Path:
+        """``last.ckpt`` of the branch: a copy of ``source``; the source run's rows up to it join the CSV under
+        the branch's name (a branch judged before keeps its rows)."""
+        last = self.sweep.run_dir(variant, seed) / "checkpoints" / "last.ckpt"
+        if self.dry_run:
+            return last
+        last.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, last)
+        steps = int(_read_ckpt_meta(source).get("agent_steps", 0))
+        rows = load_rows(self.csv_path) if self.csv_path.exists() else []
+        have = {(r["variant"], r["seed"], r["checkpoint"]) for r in rows}
+        for r in rows:
+            if (r["variant"] == self.sweep.branches[variant]["variant"] and int(r["seed"]) == seed
+                    and int(r["agent_steps"]) <= steps and (variant, r["seed"], r["checkpoint"]) not in have):
+                append_row(self.csv_path, {**{k: r.get(k, "") for k in COLUMNS}, "variant": variant})
+        return last
+
+    def train_job(self, variant: str, seed: int) -> Job | None:
         s = self.sweep
         run = s.run_dir(variant, seed)
         cmd = [sys.executable, str(ROOT / "train.py"), "fit", *_config_flags(s, variant, seed),
                "--run_name", s.run_name(variant, seed), "--trainer.max_epochs", str(self.stop_epochs(variant))]
-        if (run / "checkpoints" / "last.ckpt").exists():
-            cmd += ["--ckpt_path", str(run / "checkpoints" / "last.ckpt")]
+        last = run / "checkpoints" / "last.ckpt"
+        if not last.exists() and variant in s.branches:
+            source = self.branch_point(variant, seed)
+            if source is None:
+                return None  # its source run has not reached the mark yet
+            print(f"  {run.name} branches from {source}", flush=True)
+            last = self.start_branch(variant, seed, source)
+        if last.exists() or self.dry_run and variant in s.branches:
+            cmd += ["--ckpt_path", str(last)]
         return Job("train", variant, seed, cmd, run.parent / f"{run.name}.train.log")
 
     def eval_job(self, variant: str, seed: int, ckpt: Path) -> Job:

@@ -91,3 +91,44 @@ def test_flags_write_lists_and_booleans_as_yaml():
                        "model.gamma": 0.99, "model.eval_state_reset": None})
     assert flags == ["--data.carry_lstm_state", "true", "--model.policy.init_args.conv_channels", "[32, 64]",
                      "--model.gamma", "0.99", "--model.eval_state_reset", "null"]
+
+
+def test_a_branch_starts_from_its_source_at_the_mark_and_takes_its_rows(tmp_path, monkeypatch):
+    """A branch's first training resumes from a copy of the source run's checkpoint at the mark, with the branch's
+    own overrides, and its curve starts with the source's rows up to the mark; it waits while the source trains."""
+    monkeypatch.setattr(sw, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(sw, "_read_ckpt_meta", lambda path: {"agent_steps": int(path.read_text())})
+    s = _sweep(tmp_path, [{"data": {"batch_size": 4096}, "trainer": {"devices": 1}}],
+               variants={"old": {}, "new": {"model.bc_steps": 500000}},
+               branches={"new": {"variant": "old", "steps": 500000}})
+    runner = sw.Runner(s, parallel=1, dry_run=False, variants=["new", "old"], seeds=[1])
+    assert runner.train_job("new", 1) is None  # old s1 has no checkpoint at 500k yet, and is trained here
+    ckpts = s.run_dir("old", 1) / "checkpoints"
+    ckpts.mkdir(parents=True)
+    for epoch, steps in ((121, 499712), (243, 999424)):  # a checkpoint every 122 epochs of 4096
+        (ckpts / f"epoch={epoch}-agent_steps={steps}.ckpt").write_text(str(steps))
+    row = {c: "" for c in sw.COLUMNS}
+    for steps, name in ((499712, "epoch=121-agent_steps=499712.ckpt"), (999424, "epoch=243-agent_steps=999424.ckpt")):
+        sw.append_row(runner.csv_path, {**row, "variant": "old", "seed": 1, "checkpoint": name, "agent_steps": steps,
+                                        "aligned_mean": 3.0})
+    job = runner.train_job("new", 1)
+    last = s.run_dir("new", 1) / "checkpoints" / "last.ckpt"
+    assert last.read_text() == "499712"  # the mark's checkpoint, not the later one
+    cmd = " ".join(job.cmd)
+    assert f"--ckpt_path {last}" in cmd and "--model.bc_steps 500000" in cmd and "--run_name new_s1" in cmd
+    new_rows = [r for r in sw.load_rows(runner.csv_path) if r["variant"] == "new"]
+    assert [(r["checkpoint"], r["aligned_mean"]) for r in new_rows] == [("epoch=121-agent_steps=499712.ckpt", "3.0")]
+    runner.start_branch("new", 1, ckpts / "epoch=121-agent_steps=499712.ckpt")  # again: no duplicate rows
+    assert len([r for r in sw.load_rows(runner.csv_path) if r["variant"] == "new"]) == 1
+
+
+def test_a_branch_without_its_source_says_how_to_train_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(sw, "RESULTS", tmp_path / "results")
+    base = [{"data": {"batch_size": 4096}, "trainer": {"devices": 1}}]
+    s = _sweep(tmp_path, base, variants={"old": {}, "new": {}}, branches={"new": {"variant": "old", "steps": 500000}})
+    with pytest.raises(SystemExit, match="train it first: --variants old --seeds 2"):
+        sw.Runner(s, parallel=1, dry_run=False, variants=["new"], seeds=[2]).train_job("new", 2)
+    with pytest.raises(SystemExit, match=r"branches.new.steps=700000: must be a mark"):
+        _sweep(tmp_path, base, variants={"old": {}, "new": {}}, branches={"new": {"variant": "old", "steps": 700000}})
+    with pytest.raises(SystemExit, match=r"branches.new.variant='gone'"):
+        _sweep(tmp_path, base, variants={"old": {}, "new": {}}, branches={"new": {"variant": "gone", "steps": 500000}})
