@@ -311,15 +311,17 @@ class Runner:
         last = self.sweep.run_dir(variant, seed) / "checkpoints" / "last.ckpt"
         if self.dry_run:
             return last
-        last.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, last)
         steps = int(_read_ckpt_meta(source).get("agent_steps", 0))
         rows = load_rows(self.csv_path) if self.csv_path.exists() else []
         have = {(r["variant"], r["seed"], r["checkpoint"]) for r in rows}
-        for r in rows:
+        for r in rows:  # first the rows, then the checkpoint: an interrupted start is simply started again
             if (r["variant"] == self.sweep.branches[variant]["variant"] and int(r["seed"]) == seed
                     and int(r["agent_steps"]) <= steps and (variant, r["seed"], r["checkpoint"]) not in have):
                 append_row(self.csv_path, {**{k: r.get(k, "") for k in COLUMNS}, "variant": variant})
+        last.parent.mkdir(parents=True, exist_ok=True)
+        partial = last.with_suffix(".branch.tmp")
+        shutil.copyfile(source, partial)
+        os.replace(partial, last)  # never a truncated last.ckpt to resume from
         return last
 
     def train_job(self, variant: str, seed: int) -> Job | None:
