@@ -135,6 +135,10 @@ class Sweep:
                      "counts agent steps per epoch, so set it to a number of devices in the configs or overrides")
         return int(batch if batch is not None else 4096) * devices
 
+    def checkpoint_every(self, variant: str) -> int:
+        """Epochs between a run's numbered checkpoints: the nearest to ``eval_every`` agent steps."""
+        return max(1, round(self.eval_every / self.global_batch(variant)))
+
 
 def _flags(overrides: dict) -> list[str]:
     out = []
@@ -146,7 +150,7 @@ def _flags(overrides: dict) -> list[str]:
 
 def _overlay(sweep: Sweep, variant: str) -> Path:
     """Checkpoints every eval_every steps, no in-training evaluation, no progress bar."""
-    every = max(1, round(sweep.eval_every / sweep.global_batch(variant)))
+    every = sweep.checkpoint_every(variant)
     path = sweep.log_root / f"sweep_{sweep.name}" / f"overlay_{variant}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump({
@@ -260,7 +264,7 @@ class Runner:
         last = self.sweep.run_dir(variant, seed) / "checkpoints" / "last.ckpt"
         if last.exists() and _read_ckpt_meta(last).get("epoch", 0) >= self.stop_epochs(variant):
             return True
-        every = max(1, round(self.sweep.eval_every / self.sweep.global_batch(variant)))
+        every = self.sweep.checkpoint_every(variant)
         final_epoch = self.stop_epochs(variant) // every * every
         return any(r["variant"] == variant and int(r["seed"]) == seed
                    and r["checkpoint"].startswith(f"epoch={final_epoch - 1}-")
@@ -294,8 +298,7 @@ class Runner:
         """The source run's numbered checkpoint a branch starts from; None while this invocation still trains
         that run towards it; otherwise its absence stops the sweep with the command that trains it."""
         b = self.sweep.branches[variant]
-        every = max(1, round(self.sweep.eval_every / self.sweep.global_batch(b["variant"])))
-        epoch = b["steps"] // self.sweep.eval_every * every - 1
+        epoch = b["steps"] // self.sweep.eval_every * self.sweep.checkpoint_every(b["variant"]) - 1
         found = sorted((self.sweep.run_dir(b["variant"], seed) / "checkpoints").glob(f"epoch={epoch}-*.ckpt"))
         if found:
             return found[0]
@@ -305,12 +308,12 @@ class Runner:
                          f"{b['steps']} agent steps (epoch={epoch}-*.ckpt); train it first: --variants {b['variant']} "
                          f"--seeds {seed}")
 
-    def start_branch(self, variant: str, seed: int, source: Path) -> Path:
-        """``last.ckpt`` of the branch: a copy of ``source``; the source run's rows up to it join the CSV under
+    def start_branch(self, variant: str, seed: int, source: Path) -> None:
+        """The branch's ``last.ckpt``: a copy of ``source``; the source run's rows up to it join the CSV under
         the branch's name (a branch judged before keeps its rows)."""
         last = self.sweep.run_dir(variant, seed) / "checkpoints" / "last.ckpt"
         if self.dry_run:
-            return last
+            return
         steps = int(_read_ckpt_meta(source).get("agent_steps", 0))
         rows = load_rows(self.csv_path) if self.csv_path.exists() else []
         have = {(r["variant"], r["seed"], r["checkpoint"]) for r in rows}
@@ -322,7 +325,6 @@ class Runner:
         partial = last.with_suffix(".branch.tmp")
         shutil.copyfile(source, partial)
         os.replace(partial, last)  # never a truncated last.ckpt to resume from
-        return last
 
     def train_job(self, variant: str, seed: int) -> Job | None:
         s = self.sweep
@@ -330,13 +332,15 @@ class Runner:
         cmd = [sys.executable, str(ROOT / "train.py"), "fit", *_config_flags(s, variant, seed),
                "--run_name", s.run_name(variant, seed), "--trainer.max_epochs", str(self.stop_epochs(variant))]
         last = run / "checkpoints" / "last.ckpt"
-        if not last.exists() and variant in s.branches:
+        resume = last.exists()
+        if not resume and variant in s.branches:
             source = self.branch_point(variant, seed)
             if source is None:
                 return None  # its source run has not reached the mark yet
             print(f"  {run.name} branches from {source}", flush=True)
-            last = self.start_branch(variant, seed, source)
-        if last.exists() or self.dry_run and variant in s.branches:
+            self.start_branch(variant, seed, source)
+            resume = True
+        if resume:
             cmd += ["--ckpt_path", str(last)]
         return Job("train", variant, seed, cmd, run.parent / f"{run.name}.train.log")
 
