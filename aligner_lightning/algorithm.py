@@ -123,6 +123,7 @@ def ppo_loss(
     prio_weights: torch.Tensor,
     cfg: LossConfig,
     step_mask: torch.Tensor | None = None,
+    policy_terms: bool = True,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped PPO + clipped value loss on one minibatch, all inputs ``[n, H]`` (weights ``[n, 1]``).
 
@@ -130,6 +131,8 @@ def ppo_loss(
     ratio the caller writes back into the buffer. ``step_mask`` (not PuffeRL; kickstarting) keeps only the
     steps where it is true in the loss: each of its terms, and the advantage normalisation, is over those
     steps alone (0 where there are none); the statistics other than the two losses stay over every step.
+    ``policy_terms=False`` (not PuffeRL; kickstarting's critic warm-up) weights the surrogate and the entropy
+    bonus 0, leaving the value loss alone.
     """
     logratio = new_logprobs - old_logprobs
     ratio = logratio.exp()
@@ -155,6 +158,8 @@ def ppo_loss(
 
     entropy_mean = mean(entropy)
     loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy_mean
+    if not policy_terms:  # zero-weighted, not dropped: under DDP every parameter must take part
+        loss = cfg.vf_coef * v_loss + 0.0 * (pg_loss - entropy_mean)
 
     with torch.no_grad():
         stats = {

@@ -70,6 +70,8 @@ class AlignerPPO(L.LightningModule):
         anchor_coef: float = 0.0,
         anchor_at: int = 0,
         anchor_steps: int = 0,
+        critic_warmup_at: int = 0,
+        critic_warmup_steps: int = 0,
         eval_video: bool | None = None,
     ):
         """
@@ -128,6 +130,12 @@ class AlignerPPO(L.LightningModule):
                 pass of the anchor per minibatch while its weight is above 0, and is saved in checkpoints.
             anchor_at: global agent step at which the anchor is frozen.
             anchor_steps: global agent steps after ``anchor_at`` over which ``anchor_coef`` falls to 0.
+            critic_warmup_at: kickstarting's critic warm-up (off while ``critic_warmup_steps`` is 0): from the first
+                epoch at global agent step ``critic_warmup_at`` on, for ``critic_warmup_steps`` agent steps, PPO's
+                policy terms (the clipped surrogate and the entropy bonus) are left out of the loss, so the value
+                function fits the student's returns while only cloning and the anchor (where their weights are
+                above 0) move the policy. The value loss still trains the layers it shares with the policy.
+            critic_warmup_steps: agent steps the critic warm-up lasts.
             eval_video: deprecated, the old name of eval_gif: a value given here is used for eval_gif.
         """
         super().__init__()
@@ -188,6 +196,9 @@ class AlignerPPO(L.LightningModule):
         p += schedule_problems("model.anchor_coef", hp.anchor_coef, "model.anchor_steps", hp.anchor_steps)
         if not isinstance(hp.anchor_at, int) or hp.anchor_at < 0:
             p.append(f"model.anchor_at={hp.anchor_at!r}: must be an int >= 0 (the agent step the anchor is frozen at)")
+        for name in ("critic_warmup_at", "critic_warmup_steps"):
+            if not isinstance(hp[name], int) or hp[name] < 0:
+                p.append(f"model.{name}={hp[name]!r}: must be an int >= 0 (agent steps)")
         if hp.torch_threads is not None and hp.torch_threads < 1:
             p.append(f"model.torch_threads={hp.torch_threads}: must be >= 1 or null")
         settings = None
@@ -282,6 +293,11 @@ class AlignerPPO(L.LightningModule):
             return 0.0
         return linear_anneal(hp.anchor_coef, hp.anchor_steps, self.agent_steps - hp.anchor_at)
 
+    def critic_warmup(self) -> bool:
+        """Whether this epoch is in the critic warm-up (PPO's policy terms left out)."""
+        hp = self.hparams
+        return hp.critic_warmup_steps > 0 and 0 <= self.agent_steps - hp.critic_warmup_at < hp.critic_warmup_steps
+
     def anchor_policy(self) -> torch.nn.Module:
         """The anchor: the checkpoint's, or else a frozen copy of the policy as it is now."""
         if self._anchor is None:
@@ -302,6 +318,7 @@ class AlignerPPO(L.LightningModule):
         bc_coef = self.bc_coef()
         anchor_coef = self.anchor_coef()
         anchor = self.anchor_policy() if anchor_coef > 0 else None
+        warmup = self.critic_warmup()
         # Kickstarting, while some episodes were teacher-led: PPO learns from the student's own steps only.
         student_steps = ~rollout.teacher_led if rollout.teacher_led_fraction > 0 else None
         beta = algorithm.anneal_beta(algo.prio_beta0, algo.prio_alpha, self.current_epoch, self.total_epochs)
@@ -322,7 +339,8 @@ class AlignerPPO(L.LightningModule):
             new_logprobs, entropy = logprob_and_entropy(logits, rollout.actions[idx])
             loss, stats = algorithm.ppo_loss(new_logprobs, entropy, new_values, rollout.logprobs[idx],
                                              rollout.values[idx], adv[idx], weights, self.loss_cfg,
-                                             step_mask=None if student_steps is None else student_steps[idx])
+                                             step_mask=None if student_steps is None else student_steps[idx],
+                                             policy_terms=not warmup)
             if bc_coef > 0:  # cross-entropy on the steps with a teacher label
                 bc_loss = algorithm.cloning_loss(logits, rollout.teacher_actions[idx],
                                                  _rows(rollout.teacher_moves, idx))
@@ -353,6 +371,8 @@ class AlignerPPO(L.LightningModule):
         losses["losses/explained_variance"] = explained_variance
         if self.hparams.anchor_coef > 0:
             losses["losses/anchor_coef"] = anchor_coef
+        if self.hparams.critic_warmup_steps > 0:
+            losses["losses/critic_warmup"] = float(warmup)
         timing = {**rollout.timing, "train_time": time.perf_counter() - train_start}
         self._finish_epoch(rollout, losses, timing, bc_coef)
         self._publish_policy(self.current_epoch + 1)  # the next rollouts act with these weights
