@@ -11,6 +11,7 @@ modules that own them.
 from __future__ import annotations
 
 import copy
+import math
 import time
 import warnings
 from pathlib import Path
@@ -264,14 +265,26 @@ class AlignerPPO(L.LightningModule):
         hp = self.hparams
         optimizer = torch.optim.Adam(self.policy.parameters(), lr=hp.learning_rate,
                                      betas=(hp.adam_beta1, hp.adam_beta2), eps=hp.adam_eps)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=self.anneal_epochs, eta_min=hp.learning_rate * hp.min_lr_ratio)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return optimizer
+
+    def lr_at(self, epoch: int) -> float:
+        """The LR for the epoch after ``epoch`` epochs: PuffeRL's cosine from ``learning_rate`` to
+        ``learning_rate * min_lr_ratio`` over ``anneal_epochs``, then that floor; ``learning_rate`` throughout
+        without ``anneal_lr``. A function of the epoch alone (not stepped from the last LR), so a resume that
+        changes the budget, the schedule's length or the LR follows the new schedule from its first epoch."""
+        hp = self.hparams
+        if not hp.anneal_lr:
+            return hp.learning_rate
+        floor = hp.learning_rate * hp.min_lr_ratio
+        return floor + (hp.learning_rate - floor) * (1 + math.cos(math.pi * min(epoch / self.anneal_epochs, 1.0))) / 2
+
+    def _set_lr(self, epoch: int) -> None:
+        for group in self.trainer.optimizers[0].param_groups:
+            group["lr"] = self.lr_at(epoch)
 
     # -- training ------------------------------------------------------------------------------------------
     def on_train_start(self) -> None:
-        for scheduler in [self.lr_schedulers()] if self.hparams.anneal_lr else []:
-            scheduler.T_max = self.anneal_epochs  # a resume with a new budget re-targets the schedule
+        self._set_lr(self.current_epoch)  # on a resume, the configured schedule, not the checkpoint's LR
         if self.trainer.max_epochs in (None, -1):  # show "epoch k/N" and stop exactly where PuffeRL would
             self.trainer.fit_loop.max_epochs = -(-self.hparams.total_timesteps // self.global_batch_size)
         if self.agent_steps >= self.hparams.total_timesteps:
@@ -363,10 +376,7 @@ class AlignerPPO(L.LightningModule):
         losses = {f"losses/{k}": float(v) / dm.num_minibatches for k, v in loss_sums.items()}
         if bc_coef > 0 and hp.bc_epochs > 0:
             losses["losses/bc_pass_loss"] = self._cloning_passes(rollout, bc_coef)
-        if hp.anneal_lr:
-            scheduler = self.lr_schedulers()
-            if scheduler.last_epoch < scheduler.T_max:  # stepped past T_max, a cosine climbs again: hold the floor
-                scheduler.step()
+        self._set_lr(self.current_epoch + 1)
 
         losses["losses/explained_variance"] = explained_variance
         if self.hparams.anchor_coef > 0:

@@ -41,3 +41,19 @@ def test_a_shorter_schedule_reaches_its_floor_and_holds_it_over_a_resume(monkeyp
                     "--ckpt_path", run / "checkpoints/last.ckpt", "--run_name", "lr") == 0
     resumed = {step // EPOCH_STEPS - 1: v for step, v in tb_points(run, "learning_rate")}
     assert resumed[4] == pytest.approx(LR * FLOOR, rel=1e-5) and resumed[5] == pytest.approx(LR * FLOOR, rel=1e-5)
+
+
+def test_a_resume_follows_the_schedule_it_is_given(monkeypatch, tmp_path):
+    """Two epochs of a 4-epoch cosine, then resumed with the cosine stretched over 8 epochs and twice the LR: from
+    its first epoch the resumed run is on the new schedule, not continuing from the checkpoint's LR."""
+    lr = logged_lr(monkeypatch, tmp_path, 2, "--model.lr_anneal_steps", str(4 * EPOCH_STEPS))
+    assert lr == pytest.approx({0: cosine(1, 4), 1: cosine(2, 4)}, rel=1e-5)
+    run = tmp_path / "lightning_logs" / "lr"
+    cfg = sorted(tmp_path.glob("cfg_*"))[0]
+    assert run_main(monkeypatch, tmp_path, "fit", "--config", cfg, "--model.learning_rate", str(2 * LR),
+                    "--model.min_lr_ratio", str(FLOOR), "--model.total_timesteps", str(4 * EPOCH_STEPS),
+                    "--model.lr_anneal_steps", str(8 * EPOCH_STEPS),
+                    "--ckpt_path", run / "checkpoints/last.ckpt", "--run_name", "lr") == 0
+    resumed = {step // EPOCH_STEPS - 1: v for step, v in tb_points(run, "learning_rate")}
+    assert resumed[2] == pytest.approx(2 * cosine(3, 8), rel=1e-5)
+    assert resumed[3] == pytest.approx(2 * cosine(4, 8), rel=1e-5)
