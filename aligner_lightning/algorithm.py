@@ -157,9 +157,9 @@ def ppo_loss(
     v_loss = 0.5 * mean(torch.max((new_values - returns) ** 2, (v_clipped - returns) ** 2))
 
     entropy_mean = mean(entropy)
-    loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy_mean
-    if not policy_terms:  # zero-weighted, not dropped: under DDP every parameter must take part
-        loss = cfg.vf_coef * v_loss + 0.0 * (pg_loss - entropy_mean)
+    # Without the policy terms they are weighted 0, not dropped: under DDP every parameter must take part.
+    policy_weight = 1.0 if policy_terms else 0.0
+    loss = policy_weight * pg_loss + cfg.vf_coef * v_loss - policy_weight * cfg.ent_coef * entropy_mean
 
     with torch.no_grad():
         stats = {

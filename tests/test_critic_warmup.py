@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import DEBUG, run_main, scalars, write_config
+from helpers import DEBUG, load, run_main, scalars, write_config
 
 from aligner_lightning import algorithm
 
@@ -38,7 +38,19 @@ def test_the_warmup_covers_its_window_of_epochs(monkeypatch, tmp_path):
                     "--model.critic_warmup_steps", str(2 * EPOCH), "--run_name", "warm") == 0
     logged = scalars(tmp_path / "lightning_logs" / "warm")
     assert [v for _, v in logged["losses/critic_warmup"]] == [0, 0, 1, 1, 0, 0]
-    assert len(logged["losses/value_loss"]) == 6
+
+
+def test_a_warmup_from_the_start_leaves_the_action_head_untouched(monkeypatch, tmp_path):
+    """Warm-up over the whole run: the action head never gets a gradient (and Adam no momentum), so its weights are
+    the same after epochs 2 and 4, while the value head, trained by the value loss, moves."""
+    cfg = write_config(tmp_path, 4, evaluation=False, deterministic=False)
+    assert run_main(monkeypatch, tmp_path, "fit", "--config", cfg, "--model.critic_warmup_steps", "1000000",
+                    "--run_name", "warm") == 0
+    ckpts = tmp_path / "lightning_logs" / "warm" / "checkpoints"
+    (early,), (late,) = ([load(p)["state_dict"] for p in ckpts.glob(f"epoch={e}-*.ckpt")] for e in (1, 3))
+    for key in ("policy._action_head.weight", "policy._action_head.bias"):
+        assert torch.equal(early[key], late[key]), key
+    assert not torch.equal(early["policy._value_head.weight"], late["policy._value_head.weight"])
 
 
 @pytest.mark.parametrize("args, expected", [
