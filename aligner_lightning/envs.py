@@ -134,9 +134,12 @@ class EnvFactory:
         builder = cfg.game.map_builder
         if isinstance(builder, MapGen.Config) and "map_seed" not in self.overrides:
             builder.seed = env_seed
-        early = EarlyResetHandler() if self.early_reset else None
+        # Always installed: it also cuts a resumed env's replayed episode (restore_seed_state). Without
+        # data.early_reset it never draws a step of its own.
+        early = EarlyResetHandler()
+        early._should_early_reset = self.early_reset
         simulator = Simulator()
-        for handler in [EpisodeSummary(), *([early] if early is not None else []), *handlers]:
+        for handler in [EpisodeSummary(), early, *handlers]:
             simulator.add_event_handler(handler)
         env = SeededPufferEnv(simulator, cfg, buf=buf, seed=env_seed)
         env.early_reset_handler = early
@@ -160,12 +163,25 @@ class SeededPufferEnv(MettaGridPufferEnv):
 
     def seed_state(self) -> dict[str, Any]:
         """What a resumed env needs to continue this env's map stream: the map-seed offset of the episode in
-        progress, and the state of the one-off early reset."""
+        progress, the state of the one-off early reset, and how many steps that episode has left."""
         early = self.early_reset_handler
         return {
             "map_seed_offset": max(self._simulator._map_seed_offset - 1, 0),
             "early_reset": None if early is None else [early._should_early_reset, early._early_reset_step],
+            "steps_left": self.steps_left(),
         }
+
+    def steps_left(self) -> int:
+        """Steps until the episode in progress ends: at the pending early reset, else at max_steps (0: it has
+        ended, and the next step starts a new one)."""
+        sim = self._sim
+        if sim is None or sim._c_sim.terminals().all() or sim._c_sim.truncations().all():
+            return 0
+        early = self.early_reset_handler
+        end = sim.config.game.max_steps
+        if early is not None and early._early_reset_step is not None:
+            end = min(end, early._early_reset_step)
+        return max(end - sim.current_step, 0)
 
     def reseed(self, epoch: int) -> None:
         """Seeds for the next reset derived from (env seed, epoch): the deterministic-resume mode."""
@@ -173,12 +189,26 @@ class SeededPufferEnv(MettaGridPufferEnv):
         self._current_seed = self._epoch_base_seed + epoch * EPOCH_SEED_STRIDE
         self._simulator._map_seed_offset = epoch * EPOCH_SEED_STRIDE
 
-    def restore_seed_state(self, state: dict[str, Any]) -> None:
-        """Takes effect at the next reset, which replays the interrupted episode's map from its start."""
+    def restore_seed_state(self, state: dict[str, Any], keep_phase: bool = True) -> None:
+        """Takes effect at the next reset, which replays the interrupted episode's map from its start.
+
+        With ``keep_phase`` that replayed episode is cut after the steps the interrupted one had left, so every
+        env's episodes end where they would have: the envs stay out of step with each other, as the early reset
+        left them. (Restarting them all at step 0 would put every env in the same phase of its episode for the
+        rest of the run, each rollout covering one stretch of the episode.) A checkpoint that does not record
+        ``steps_left`` (written by an earlier version) gets a fresh early reset instead, at a random step."""
         self._simulator._map_seed_offset = int(state["map_seed_offset"])
-        if self.early_reset_handler is not None and state["early_reset"] is not None:
+        early = self.early_reset_handler
+        if early is None:
+            return
+        left = state.get("steps_left")
+        if keep_phase and left:
+            early._should_early_reset, early._early_reset_step = False, int(left)
+        elif keep_phase and "steps_left" not in state and state["early_reset"] is not None:
+            early._should_early_reset, early._early_reset_step = True, None
+        elif state["early_reset"] is not None:
             # Both fields: construction already drew a step for the first episode, which may not have come yet.
-            self.early_reset_handler._should_early_reset, self.early_reset_handler._early_reset_step = state["early_reset"]
+            early._should_early_reset, early._early_reset_step = state["early_reset"]
 
 
 def vecenv_seed_state(vecenv) -> list[dict[str, Any]] | None:
@@ -194,12 +224,12 @@ def reseed_vecenv(vecenv, epoch: int) -> None:
         env.reseed(epoch)
 
 
-def restore_vecenv_seed_state(vecenv, states: list[dict[str, Any]]) -> bool:
+def restore_vecenv_seed_state(vecenv, states: list[dict[str, Any]], keep_phase: bool = True) -> bool:
     envs = getattr(vecenv, "envs", None)
     if envs is None or len(envs) != len(states):
         return False
     for env, state in zip(envs, states):
-        env.restore_seed_state(state)
+        env.restore_seed_state(state, keep_phase)
     return True
 
 

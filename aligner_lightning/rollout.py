@@ -267,7 +267,8 @@ class Rollout:
         """Resume each env's map stream; applied by the first reset, so call before the first ``collect``."""
         if self._started:
             raise RuntimeError("restore_seed_state must run before the first rollout")
-        restore_vecenv_seed_state(self.vecenv, states)
+        # Deterministic mode resets every env at each epoch's start: nothing of an episode in progress carries on.
+        restore_vecenv_seed_state(self.vecenv, states, keep_phase=not self.reset_envs_each_epoch)
 
     def close(self) -> None:
         self.vecenv.close()

@@ -8,9 +8,12 @@ import signal
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers import EPOCH_STEPS, TRAINED_EPOCHS, finish, launch, load, run_main, tb_points, train, write_config
+
+from aligner_lightning.envs import EnvFactory
 
 
 def test_sigterm_split_run_equals_unbroken_run(trained_run, tmp_path):
@@ -135,3 +138,51 @@ def test_truncated_and_missing_checkpoints_are_refused(monkeypatch, capsys, trai
         assert run_main(monkeypatch, tmp_path, "fit", "--config", cfg, "--ckpt_path", ckpt) == 2
         err = capsys.readouterr().err
         assert expected in err and "Traceback" not in err
+
+
+def _steps_to_episode_end(env, limit: int = 1000) -> int:
+    """Steps (all agents noop) until env's episode in progress ends."""
+    actions = np.zeros(env.num_agents, dtype=np.int32)
+    for n in range(1, limit + 1):
+        _, _, terminals, truncations, _ = env.step(actions)
+        if terminals.all() or truncations.all():
+            return n
+    raise AssertionError(f"no episode end in {limit} steps")
+
+
+@pytest.mark.parametrize("early_reset, taken", [(True, 5), (True, 45), (False, 20)])
+def test_a_resumed_env_ends_the_replayed_episode_where_the_interrupted_one_would_have(early_reset, taken):
+    """A resumed env replays the episode in progress from its start; it must end after the steps that episode had
+    left, so that the envs keep the phases the early reset gave them (not all restart at step 0 together)."""
+    factory = EnvFactory("smoke", {"max_steps": 60}, seed=11, seed_stride=1, early_reset=early_reset)
+    unbroken = factory.make_env(0)
+    unbroken.reset()
+    actions = np.zeros(unbroken.num_agents, dtype=np.int32)
+    for _ in range(taken):
+        unbroken.step(actions)
+    state = unbroken.seed_state()
+    left = _steps_to_episode_end(unbroken)
+    assert state["steps_left"] == left and 0 < left < 60
+    resumed = factory.make_env(0)
+    resumed.restore_seed_state(state)
+    resumed.reset()
+    assert _steps_to_episode_end(resumed) == left
+    # The deterministic mode resets every env at each epoch's start, so it does not cut.
+    full = factory.make_env(0)
+    full.restore_seed_state({**state, "early_reset": [False, None]}, keep_phase=False)
+    full.reset()
+    assert _steps_to_episode_end(full) == 60
+
+
+def test_a_checkpoint_without_steps_left_gets_a_fresh_early_reset():
+    """Checkpoints written before ``steps_left`` was saved: the replayed episode ends at a random step, as an env's
+    first episode does, instead of every env restarting a full episode at once."""
+    factory = EnvFactory("smoke", {"max_steps": 60}, seed=11, seed_stride=1, early_reset=True)
+    env = factory.make_env(0)
+    env.reset()
+    drawn = env.early_reset_handler._early_reset_step  # what this env's seed draws for a first episode
+    old = {k: v for k, v in env.seed_state().items() if k != "steps_left"}
+    resumed = factory.make_env(0)
+    resumed.restore_seed_state({**old, "early_reset": [False, None]})
+    resumed.reset()
+    assert _steps_to_episode_end(resumed) == drawn < 60

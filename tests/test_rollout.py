@@ -108,3 +108,32 @@ def test_sequential_sampling_when_a_pass_ends_inside_a_minibatch():
     drawn = torch.cat([idx for idx, _ in batches])
     for p in range(3):
         assert sorted(drawn[p * 32:(p + 1) * 32].tolist()) == list(range(32))
+
+
+def test_a_resumed_rollout_keeps_every_envs_episode_boundaries():
+    """Restored from a rollout's seed state, every env's episodes end at the same steps as in the unbroken
+    rollout (the early reset left them out of step; a resume must not put them back in step)."""
+    dm = datamodule(early_reset=True, mission_overrides={"max_steps": 100}, num_envs=4, batch_size=1024)
+    policy = AlignerPolicy.from_env_interface(dm.env_info)
+
+    def steps_left(rollout: Rollout) -> list[int]:
+        return [env.steps_left() for env in rollout.vecenv.envs]
+
+    unbroken = dm.make_rollout(CPU)
+    for epoch in range(3):
+        unbroken.collect(policy, epoch)
+    state = unbroken.seed_state()
+    after = []
+    for epoch in range(3, 7):
+        unbroken.collect(policy, epoch)
+        after.append(steps_left(unbroken))
+    unbroken.close()
+    assert len({tuple(s) for s in after}) > 1 and len(set(after[-1])) > 1  # the envs are out of step
+    resumed = dm.make_rollout(CPU)
+    resumed.restore_seed_state(state)
+    again = []
+    for epoch in range(3, 7):
+        resumed.collect(policy, epoch)
+        again.append(steps_left(resumed))
+    resumed.close()
+    assert again == after
