@@ -25,7 +25,7 @@ SWEEPS = RESULTS / "sweeps"
 HELD_OUT = {
     "configs/aligner_fast.yaml (seeds 1-3, LSTM state zeroed every 64 steps)": [
         ("fast_refill", "epochs4_refill", "64"), ("fast_screen", "fast_epochs4_refill", "64")],
-    "configs/aligner_kickstart.yaml, the student alone (seeds 1-2)": [("kickstart_anchor", "anchor1_to2m", "")],
+    "configs/aligner_kickstart.yaml, the student alone (seeds 1-2)": [("kickstart_anchor", "anchor1_to2m_lr5m", "")],
     "... the same without its anchor (seeds 1-2)": [("kickstart_epochs", "local_epochs4", "")],
     "... with one pass, the full-knowledge teacher and no anchor (seeds 1-2)": [("kickstart", "kickstart", "")],
 }
