@@ -403,7 +403,7 @@ def test_kickstart_config_is_an_overlay_of_the_seed_config(monkeypatch, capsys, 
     assert run_main(monkeypatch, tmp_path, "fit", *args, "--print_config") == 0
     printed = capsys.readouterr().out
     for line in ("teacher: scripted_local", "mission: aligner_tutorial", "num_envs: 16", "update_epochs: 4",
-                 "total_timesteps: 3000000", "anchor_coef: 1.0", "anchor_at: 500000",
+                 "total_timesteps: 3000000", "lr_anneal_steps: 5000000", "anchor_coef: 1.0", "anchor_at: 500000",
                  "anchor_steps: 1500000", "bc_steps: 2000000"):  # the anchor and cloning both end at 2M
         assert line in printed
 
