@@ -27,6 +27,11 @@ the checkpoint, the branch waits.
     python benchmarks/sweep.py benchmarks/sweeps/screen.yaml --dry-run   # print the commands
     python benchmarks/sweep.py benchmarks/sweeps/screen.yaml --eval-only --parallel 1  # beside a busy sweep
     python benchmarks/sweep.py benchmarks/sweeps/screen.yaml --stop-steps 1500000   # short of stop_steps
+    python benchmarks/sweep.py benchmarks/sweeps/screen.yaml --variants base --seeds 2 --rerun-from 1000000
+
+``--rerun-from N`` trains the selected runs again from their checkpoint at the mark N: what they wrote after it
+(checkpoints, evaluation logs, TensorBoard event files begun after the mark, CSV rows) moves to
+``sweep_<name>/replaced/<run>_<time>/``, nothing is deleted.
 
 Wall-clock is the trainer's own (``train_seconds`` in the checkpoint: training epochs only, summed over
 resumes), measured under the sweep's conditions: ``--parallel`` runs side by side, one thread each.
@@ -211,6 +216,11 @@ def _claim(path: Path) -> bool:
     return False
 
 
+def _epoch(name: str) -> int:
+    """The epoch in a numbered checkpoint's (or its evaluation log's) name, ``epoch=E-agent_steps=N...``."""
+    return int(name.split("=")[1].split("-")[0])
+
+
 def _read_ckpt_meta(path: Path) -> dict:
     import torch
 
@@ -280,7 +290,7 @@ class Runner:
         order = [(v, seed) for seed in self.seeds for v in self.variants]
         for v, seed in order:  # evaluations first: they are short and make results appear early
             ckpt_dir = s.run_dir(v, seed) / "checkpoints"
-            for ckpt in sorted(ckpt_dir.glob("epoch=*.ckpt"), key=lambda p: int(p.name.split("=")[1].split("-")[0])):
+            for ckpt in sorted(ckpt_dir.glob("epoch=*.ckpt"), key=lambda p: _epoch(p.name)):
                 if ((v, seed, ckpt.name) not in done and not self.busy(v, seed, "eval", ckpt)
                         and ("eval", v, seed, ckpt) not in self.failed  # not retried, and not claimed again
                         and (self.dry_run or _claim(_claim_path(ckpt)))):
@@ -294,19 +304,70 @@ class Runner:
                     return job
         return None
 
+    def mark_epoch(self, variant: str, steps: int) -> int:
+        """The epoch of a run's numbered checkpoint at the mark ``steps``."""
+        return steps // self.sweep.eval_every * self.sweep.checkpoint_every(variant) - 1
+
+    def mark_checkpoint(self, variant: str, seed: int, steps: int) -> Path | None:
+        found = sorted((self.sweep.run_dir(variant, seed) / "checkpoints").glob(
+            f"epoch={self.mark_epoch(variant, steps)}-*.ckpt"))
+        return found[0] if found else None
+
     def branch_point(self, variant: str, seed: int) -> Path | None:
         """The source run's numbered checkpoint a branch starts from; None while this invocation still trains
         that run towards it; otherwise its absence stops the sweep with the command that trains it."""
         b = self.sweep.branches[variant]
-        epoch = b["steps"] // self.sweep.eval_every * self.sweep.checkpoint_every(b["variant"]) - 1
-        found = sorted((self.sweep.run_dir(b["variant"], seed) / "checkpoints").glob(f"epoch={epoch}-*.ckpt"))
+        found = self.mark_checkpoint(b["variant"], seed, b["steps"])
         if found:
-            return found[0]
+            return found
         if b["variant"] in self.variants and seed in self.seeds and not self.train_done(b["variant"], seed):
             return None
         raise SystemExit(f"branch {variant} s{seed}: {self.sweep.run_dir(b['variant'], seed)} has no checkpoint at "
-                         f"{b['steps']} agent steps (epoch={epoch}-*.ckpt); train it first: --variants {b['variant']} "
-                         f"--seeds {seed}")
+                         f"{b['steps']} agent steps (epoch={self.mark_epoch(b['variant'], b['steps'])}-*.ckpt); train "
+                         f"it first: --variants {b['variant']} --seeds {seed}")
+
+    def rewind(self, steps: int) -> None:
+        """Set every selected run back to its mark at ``steps``, so that the sweep trains it on from there again:
+        its later numbered checkpoints, ``last.ckpt``, evaluation logs and TensorBoard event files begun after
+        the mark move to ``sweep_<name>/replaced/<run>_<time>/``, with its later CSV rows (``rows.csv``); the
+        mark's checkpoint becomes ``last.ckpt``. Checks every run before it moves anything."""
+        if steps < 1 or steps % self.sweep.eval_every:
+            raise SystemExit(f"--rerun-from={steps}: must be a mark, a multiple of eval_every "
+                             f"({self.sweep.eval_every}), since checkpoints exist only there")
+        marks = {}
+        for v, seed in ((v, seed) for seed in self.seeds for v in self.variants):
+            mark = self.mark_checkpoint(v, seed, steps)
+            if mark is None:
+                raise SystemExit(f"--rerun-from={steps}: {self.sweep.run_dir(v, seed)} has no checkpoint at that mark "
+                                 f"(epoch={self.mark_epoch(v, steps)}-*.ckpt); pick its runs with --variants "
+                                 "and --seeds, or an earlier mark")
+            marks[v, seed] = mark
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for (v, seed), mark in marks.items():
+            run = self.sweep.run_dir(v, seed)
+            later = [p for p in (run / "checkpoints").glob("epoch=*.ckpt") if _epoch(p.name) > _epoch(mark.name)]
+            later += [p for p in run.glob("eval_epoch=*") if _epoch(p.name.removeprefix("eval_")) > _epoch(mark.name)]
+            later += [p for p in run.glob("events.out.tfevents.*") if int(p.name.split(".")[3]) > mark.stat().st_mtime]
+            later += [run / "checkpoints" / "last.ckpt"]
+            rows = [r for r in (load_rows(self.csv_path) if self.csv_path.exists() else [])
+                    if r["variant"] == v and int(r["seed"]) == seed and int(r["agent_steps"]) > steps]
+            print(f"{run.name}: back to {mark.name}; moving {len([p for p in later if p.exists()])} files and "
+                  f"{len(rows)} CSV rows aside", flush=True)
+            if self.dry_run:
+                continue
+            aside = run.parent / "replaced" / f"{run.name}_{stamp}"
+            aside.mkdir(parents=True)
+            with (aside / "rows.csv").open("w", newline="") as f:
+                w = csv.DictWriter(f, COLUMNS, restval="", extrasaction="ignore")
+                w.writeheader()
+                w.writerows(rows)
+            drop_rows(self.csv_path, rows)
+            for p in later:
+                if p.exists():
+                    shutil.move(str(p), aside / p.name)
+            partial = run / "checkpoints" / "last.rerun.tmp"
+            shutil.copyfile(mark, partial)
+            os.replace(partial, run / "checkpoints" / "last.ckpt")
 
     def start_branch(self, variant: str, seed: int, source: Path) -> None:
         """The branch's ``last.ckpt``: a copy of ``source``; the source run's rows up to it join the CSV under
@@ -451,6 +512,20 @@ def current_rows(sweep: Sweep, csv_path: Path) -> list[dict]:
     return [r for r in load_rows(csv_path) if now.get(r["variant"]) == r["state_reset"]]
 
 
+def drop_rows(csv_path: Path, rows: list[dict]) -> None:
+    """Rewrite the CSV without ``rows`` (matched by variant, seed and checkpoint), atomically."""
+    if not rows:
+        return
+    gone = {(r["variant"], r["seed"], r["checkpoint"]) for r in rows}
+    keep = [r for r in load_rows(csv_path) if (r["variant"], r["seed"], r["checkpoint"]) not in gone]
+    partial = csv_path.with_suffix(".csv.tmp")
+    with partial.open("w", newline="") as f:
+        w = csv.DictWriter(f, COLUMNS, restval="", extrasaction="ignore")
+        w.writeheader()
+        w.writerows(keep)
+    os.replace(partial, csv_path)
+
+
 def append_row(csv_path: Path, row: dict) -> None:
     """Append ``row``; a CSV written before a column existed is first rewritten with the full header (its rows
     keep their values, the new column empty)."""
@@ -565,6 +640,10 @@ def main() -> None:
     parser.add_argument("--stop-steps", type=int, metavar="N",
                         help="train to N agent steps instead of the file's stop_steps (screen short, then confirm "
                              "long with the same file: a later call with a larger N resumes the runs)")
+    parser.add_argument("--rerun-from", type=int, metavar="N",
+                        help="set the selected runs back to their checkpoint at the mark N (later checkpoints, logs "
+                             "and CSV rows move to sweep_<name>/replaced/), then train them on from there; stop "
+                             "their training first")
     args = parser.parse_args()
     sweep = Sweep.load(args.sweep)
     if args.stop_steps is not None:
@@ -578,6 +657,8 @@ def main() -> None:
     if args.plot_only:
         plot(sweep, runner.csv_path)
         return
+    if args.rerun_from is not None:
+        runner.rewind(args.rerun_from)
     runner.run()
 
 

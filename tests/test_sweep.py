@@ -3,6 +3,7 @@ table it reads back from ``train.py test``. No training here; the harness's runs
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,54 @@ def test_a_branch_without_its_source_says_how_to_train_it(tmp_path, monkeypatch)
         _sweep(tmp_path, base, variants={"old": {}, "new": {}}, branches={"new": {"variant": "old", "steps": 700000}})
     with pytest.raises(SystemExit, match=r"branches.new.variant='gone'"):
         _sweep(tmp_path, base, variants={"old": {}, "new": {}}, branches={"new": {"variant": "gone", "steps": 500000}})
+
+
+def test_rerun_from_a_mark_sets_the_run_back_there_and_keeps_what_it_moves(tmp_path, monkeypatch):
+    """``--rerun-from``: the later checkpoints, evaluation logs, event files and CSV rows of the selected runs move
+    aside (nothing is deleted), the mark's checkpoint becomes ``last.ckpt``, and the next training resumes from it;
+    other seeds are untouched, and a bad mark or a run without it stops before anything moves."""
+    monkeypatch.setattr(sw, "RESULTS", tmp_path / "results")
+    s = _sweep(tmp_path, [{"data": {"batch_size": 4096}, "trainer": {"devices": 1}}], stop_steps=2_000_000)
+    runner = sw.Runner(s, parallel=1, dry_run=False, seeds=[1])
+    row = {c: "" for c in sw.COLUMNS}
+    marks = ((121, 499712), (243, 999424), (365, 1499136))  # a checkpoint every 122 epochs of 4096
+    for seed in (1, 2):
+        run = s.run_dir("v", seed)
+        (run / "checkpoints").mkdir(parents=True)
+        for epoch, steps in marks:
+            name = f"epoch={epoch}-agent_steps={steps}"
+            (run / "checkpoints" / f"{name}.ckpt").write_text(name)
+            (run / f"eval_{name}.log").write_text("table")
+            sw.append_row(runner.csv_path, {**row, "variant": "v", "seed": seed, "checkpoint": f"{name}.ckpt",
+                                            "agent_steps": steps})
+        (run / "checkpoints" / "last.ckpt").write_text("latest")
+        mark = run / "checkpoints" / "epoch=243-agent_steps=999424.ckpt"
+        os.utime(mark, (1_000_000_000, 1_000_000_000))
+        (run / "events.out.tfevents.999999000.host.1.0").write_text("from step 0")
+        (run / "events.out.tfevents.1000000500.host.2.0").write_text("a resume after the mark")
+    csv_before = runner.csv_path.read_text()
+
+    with pytest.raises(SystemExit, match="--rerun-from=700000: must be a mark"):
+        runner.rewind(700_000)
+    with pytest.raises(SystemExit, match="no checkpoint at that mark"):
+        runner.rewind(2_000_000)
+    assert runner.csv_path.read_text() == csv_before  # nothing moved
+
+    runner.rewind(1_000_000)
+    run = s.run_dir("v", 1)
+    assert (run / "checkpoints" / "last.ckpt").read_text() == "epoch=243-agent_steps=999424"
+    assert sorted(p.name for p in (run / "checkpoints").glob("epoch=*")) == [
+        "epoch=121-agent_steps=499712.ckpt", "epoch=243-agent_steps=999424.ckpt"]
+    assert sorted(p.name for p in run.glob("events.*")) == ["events.out.tfevents.999999000.host.1.0"]
+    assert not (run / "eval_epoch=365-agent_steps=1499136.log").exists()
+    [aside] = (run.parent / "replaced").iterdir()
+    assert sorted(p.name for p in aside.iterdir()) == [
+        "epoch=365-agent_steps=1499136.ckpt", "eval_epoch=365-agent_steps=1499136.log",
+        "events.out.tfevents.1000000500.host.2.0", "last.ckpt", "rows.csv"]
+    assert (aside / "last.ckpt").read_text() == "latest"
+    assert [r["agent_steps"] for r in sw.load_rows(aside / "rows.csv")] == ["1499136"]
+    kept = [(r["seed"], r["agent_steps"]) for r in sw.load_rows(runner.csv_path)]
+    assert kept == [("1", "499712"), ("1", "999424")] + [("2", str(steps)) for _, steps in marks]
+    assert (s.run_dir("v", 2) / "checkpoints" / "last.ckpt").read_text() == "latest"  # seed 2 not selected
+    job = runner.train_job("v", 1)
+    assert f"--ckpt_path {run / 'checkpoints' / 'last.ckpt'}" in " ".join(job.cmd)
