@@ -20,14 +20,16 @@ import numpy as np
 RESULTS = Path(__file__).resolve().parent / "results"
 SWEEPS = RESULTS / "sweeps"
 
-# label -> the (sweep CSV, variant, state_reset) rows that make up its seeds; for a seed found in several sources
-# the first source's marks win.
+# label -> the (sweep CSV, variant, state_reset[, seeds]) rows that make up its seeds (all the variant's seeds unless
+# a tuple of seeds follows: a run stopped short would cut the mean short); for a seed found in several sources the
+# first source's marks win.
 HELD_OUT = {
     "configs/aligner_fast.yaml (seeds 1-3, LSTM state zeroed every 64 steps)": [
         ("fast_refill", "epochs4_refill_lr8m", "64")],
     "... with its cosine LR over the run's 5M instead of 8M (seeds 1-3)": [
         ("fast_refill", "epochs4_refill", "64"), ("fast_screen", "fast_epochs4_refill", "64")],
-    "configs/aligner_kickstart.yaml, the student alone (seeds 1-2)": [("kickstart_anchor", "anchor1_to2m_lr5m", "")],
+    "configs/aligner_kickstart.yaml, the student alone (seeds 1-3)": [
+        ("kickstart_anchor", "anchor1_to2m_lr5m", ""), ("kickstart_seeds", "shipped", "", (3,))],
     "... the same without its anchor (seeds 1-2)": [("kickstart_epochs", "local_epochs4", "")],
     "... with one pass, the full-knowledge teacher and no anchor (seeds 1-2)": [("kickstart", "kickstart", "")],
 }
@@ -35,13 +37,14 @@ SEED_RUNS = sorted(RESULTS.glob("ours_s4*.csv"))
 BIN = 250_000
 
 
-def held_out_curves(sources: list[tuple[str, str, str]]) -> dict[int, dict[int, float]]:
+def held_out_curves(sources: list[tuple]) -> dict[int, dict[int, float]]:
     """seed -> {agent steps: junctions aligned per episode} from the sweeps' CSVs."""
     seeds: dict[int, dict[int, float]] = {}
-    for sweep, variant, reset in sources:
+    for sweep, variant, reset, *only in sources:
         with (SWEEPS / f"{sweep}.csv").open() as f:
             for r in csv.DictReader(f):
-                if r["variant"] == variant and (r.get("state_reset") or "") == reset:
+                if (r["variant"] == variant and (r.get("state_reset") or "") == reset
+                        and (not only or int(r["seed"]) in only[0])):
                     seeds.setdefault(int(r["seed"]), {}).setdefault(int(r["agent_steps"]), float(r["aligned_mean"]))
     return seeds
 
