@@ -221,6 +221,14 @@ def _epoch(name: str) -> int:
     return int(name.split("=")[1].split("-")[0])
 
 
+def _copy_atomic(source: Path, dest: Path) -> None:
+    """Copy through a temporary file and rename, so that an interrupted copy never leaves a truncated ``dest``
+    (a ``last.ckpt`` to resume from)."""
+    partial = dest.with_suffix(".copy.tmp")
+    shutil.copyfile(source, partial)
+    os.replace(partial, dest)
+
+
 def _read_ckpt_meta(path: Path) -> dict:
     import torch
 
@@ -357,17 +365,12 @@ class Runner:
                 continue
             aside = run.parent / "replaced" / f"{run.name}_{stamp}"
             aside.mkdir(parents=True)
-            with (aside / "rows.csv").open("w", newline="") as f:
-                w = csv.DictWriter(f, COLUMNS, restval="", extrasaction="ignore")
-                w.writeheader()
-                w.writerows(rows)
+            write_rows(aside / "rows.csv", rows)
             drop_rows(self.csv_path, rows)
             for p in later:
                 if p.exists():
                     shutil.move(str(p), aside / p.name)
-            partial = run / "checkpoints" / "last.rerun.tmp"
-            shutil.copyfile(mark, partial)
-            os.replace(partial, run / "checkpoints" / "last.ckpt")
+            _copy_atomic(mark, run / "checkpoints" / "last.ckpt")
 
     def start_branch(self, variant: str, seed: int, source: Path) -> None:
         """The branch's ``last.ckpt``: a copy of ``source``; the source run's rows up to it join the CSV under
@@ -383,9 +386,7 @@ class Runner:
                     and int(r["agent_steps"]) <= steps and (variant, r["seed"], r["checkpoint"]) not in have):
                 append_row(self.csv_path, {**{k: r.get(k, "") for k in COLUMNS}, "variant": variant})
         last.parent.mkdir(parents=True, exist_ok=True)
-        partial = last.with_suffix(".branch.tmp")
-        shutil.copyfile(source, partial)
-        os.replace(partial, last)  # never a truncated last.ckpt to resume from
+        _copy_atomic(source, last)
 
     def train_job(self, variant: str, seed: int) -> Job | None:
         s = self.sweep
@@ -512,18 +513,22 @@ def current_rows(sweep: Sweep, csv_path: Path) -> list[dict]:
     return [r for r in load_rows(csv_path) if now.get(r["variant"]) == r["state_reset"]]
 
 
-def drop_rows(csv_path: Path, rows: list[dict]) -> None:
-    """Rewrite the CSV without ``rows`` (matched by variant, seed and checkpoint), atomically."""
-    if not rows:
-        return
-    gone = {(r["variant"], r["seed"], r["checkpoint"]) for r in rows}
-    keep = [r for r in load_rows(csv_path) if (r["variant"], r["seed"], r["checkpoint"]) not in gone]
+def write_rows(csv_path: Path, rows: list[dict]) -> None:
+    """Write ``rows`` under the full header (a column a row lacks stays empty), through a temporary file."""
     partial = csv_path.with_suffix(".csv.tmp")
     with partial.open("w", newline="") as f:
         w = csv.DictWriter(f, COLUMNS, restval="", extrasaction="ignore")
         w.writeheader()
-        w.writerows(keep)
+        w.writerows(rows)
     os.replace(partial, csv_path)
+
+
+def drop_rows(csv_path: Path, rows: list[dict]) -> None:
+    """Rewrite the CSV without ``rows`` (matched by variant, seed and checkpoint)."""
+    if rows:
+        gone = {(r["variant"], r["seed"], r["checkpoint"]) for r in rows}
+        keep = [r for r in load_rows(csv_path) if (r["variant"], r["seed"], r["checkpoint"]) not in gone]
+        write_rows(csv_path, keep)
 
 
 def append_row(csv_path: Path, row: dict) -> None:
@@ -534,11 +539,7 @@ def append_row(csv_path: Path, row: dict) -> None:
         with csv_path.open(newline="") as f:
             header = next(csv.reader(f), [])
         if header != COLUMNS:
-            old = load_rows(csv_path)
-            with csv_path.open("w", newline="") as f:
-                w = csv.DictWriter(f, COLUMNS, restval="")
-                w.writeheader()
-                w.writerows({k: r.get(k, "") for k in COLUMNS} for r in old)
+            write_rows(csv_path, load_rows(csv_path))
     new = not csv_path.exists()
     with csv_path.open("a", newline="") as f:
         w = csv.DictWriter(f, COLUMNS)

@@ -184,3 +184,17 @@ def test_rerun_from_a_mark_sets_the_run_back_there_and_keeps_what_it_moves(tmp_p
     assert (s.run_dir("v", 2) / "checkpoints" / "last.ckpt").read_text() == "latest"  # seed 2 not selected
     job = runner.train_job("v", 1)
     assert f"--ckpt_path {run / 'checkpoints' / 'last.ckpt'}" in " ".join(job.cmd)
+
+
+def test_a_csv_from_before_a_column_existed_gains_it_and_keeps_its_rows(tmp_path, monkeypatch):
+    monkeypatch.setattr(sw, "RESULTS", tmp_path)
+    path = tmp_path / "t.csv"
+    old = [c for c in sw.COLUMNS if c not in ("state_reset", "cpu")]
+    path.write_text(",".join(old) + "\n" + ",".join("1" if c == "seed" else f"old_{c}" for c in old) + "\n")
+    sw.append_row(path, {**{c: "" for c in sw.COLUMNS}, "variant": "new", "seed": 2, "state_reset": "64"})
+    assert path.read_text().splitlines()[0] == ",".join(sw.COLUMNS)
+    first, second = sw.load_rows(path)
+    assert (first["variant"], first["aligned_mean"], first["state_reset"], first["cpu"]) == (
+        "old_variant", "old_aligned_mean", "", "")
+    assert (second["variant"], second["seed"], second["state_reset"]) == ("new", "2", "64")
+    assert not list(tmp_path.glob("*.tmp"))
