@@ -33,6 +33,9 @@ the checkpoint, the branch waits.
 (checkpoints, evaluation logs, TensorBoard event files begun after the mark, CSV rows) moves to
 ``sweep_<name>/replaced/<run>_<time>/``, nothing is deleted.
 
+A training holds its run through ``<run>.train.claim`` beside its log (the training's pid): a second invocation
+leaves a held run to its holder, and ``--rerun-from`` refuses one before it moves anything.
+
 Wall-clock is the trainer's own (``train_seconds`` in the checkpoint: training epochs only, summed over
 resumes), measured under the sweep's conditions: ``--parallel`` runs side by side, one thread each.
 """
@@ -191,25 +194,39 @@ def _claim_path(ckpt: Path) -> Path:
     return ckpt.parent.parent / f"eval_{ckpt.stem}.claim"
 
 
+def _train_claim_path(run: Path) -> Path:
+    return run.parent / f"{run.name}.train.claim"
+
+
+def _holder(path: Path) -> int | None:
+    """The live process whose pid the claim file ``path`` holds, if any."""
+    try:
+        pid = int(path.read_text())
+        if pid <= 0:
+            raise ValueError(pid)
+        os.kill(pid, 0)
+        return pid
+    except (ProcessLookupError, ValueError, FileNotFoundError):
+        return None  # no claim, or a stale one: its process is gone
+    except PermissionError:
+        return pid  # alive, another user's
+
+
 def _claim(path: Path) -> bool:
-    """Claims one checkpoint's evaluation for this invocation (a file holding its pid, created exclusively), so
-    that a sweep and an ``--eval-only`` beside it never judge the same checkpoint twice (one log, one CSV row).
-    A claim whose process is gone is taken over."""
+    """Claims a piece of work for this invocation: a file holding a pid, created exclusively. Evaluations claim
+    their checkpoint, so that a sweep and an ``--eval-only`` beside it never judge it twice (one log, one CSV
+    row); trainings claim their run, so that two invocations never train it at once (the training's own pid
+    replaces this one's once it starts). A claim whose process is gone is taken over; this invocation's own
+    claim is its already."""
     for _ in range(2):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
-            try:
-                pid = int(path.read_text())
-                if pid <= 0:
-                    raise ValueError(pid)
-                os.kill(pid, 0)
-                return False  # held by a live invocation
-            except (ProcessLookupError, ValueError, FileNotFoundError):
-                path.unlink(missing_ok=True)  # stale: its invocation died
-                continue
-            except PermissionError:
-                return False
+            holder = _holder(path)
+            if holder is not None:
+                return holder == os.getpid()
+            path.unlink(missing_ok=True)  # stale: its process is gone
+            continue
         with os.fdopen(fd, "w") as f:
             f.write(str(os.getpid()))
         return True
@@ -264,6 +281,7 @@ class Runner:
         self.running: list[Job] = []
         self.stopping = False
         self.failed: set[tuple] = set()  # jobs that failed in this invocation: not started again
+        self.left_to_others: set[tuple[str, int]] = set()  # runs another live process trains
         self.cpu = cpu_name()
 
     # -- state from files ----------------------------------------------------------------------------------
@@ -306,11 +324,27 @@ class Runner:
         if self.eval_only:
             return None
         for v, seed in order:
-            if not self.busy(v, seed, "train") and not self.train_done(v, seed):
+            if not self.busy(v, seed, "train") and not self.train_done(v, seed) and self.claim_training(v, seed):
                 job = self.train_job(v, seed)
                 if job is not None:
                     return job
+                _train_claim_path(s.run_dir(v, seed)).unlink(missing_ok=True)  # a branch still waiting
         return None
+
+    def claim_training(self, variant: str, seed: int) -> bool:
+        """Whether this invocation may train the run: no other live process holds its training claim (another
+        sweep invocation, or the training it started). Says so once when one does."""
+        claim = _train_claim_path(self.sweep.run_dir(variant, seed))
+        if self.dry_run:
+            return _holder(claim) in (None, os.getpid())
+        claim.parent.mkdir(parents=True, exist_ok=True)
+        if _claim(claim):
+            return True
+        if (variant, seed) not in self.left_to_others:
+            self.left_to_others.add((variant, seed))
+            print(f"  {claim.name.removesuffix('.train.claim')}: trained by process {_holder(claim)} (its claim "
+                  f"{claim}); left to it", flush=True)
+        return False
 
     def mark_epoch(self, variant: str, steps: int) -> int:
         """The epoch of a run's numbered checkpoint at the mark ``steps``."""
@@ -344,12 +378,18 @@ class Runner:
                              f"({self.sweep.eval_every}), since checkpoints exist only there")
         marks = {}
         for v, seed in ((v, seed) for seed in self.seeds for v in self.variants):
+            holder = _holder(_train_claim_path(self.sweep.run_dir(v, seed)))
+            if holder not in (None, os.getpid()):
+                raise SystemExit(f"--rerun-from={steps}: {self.sweep.run_name(v, seed)} is being trained by process "
+                                 f"{holder}; stop it first (kill -TERM {holder}, or the sweep that started it)")
             mark = self.mark_checkpoint(v, seed, steps)
             if mark is None:
                 raise SystemExit(f"--rerun-from={steps}: {self.sweep.run_dir(v, seed)} has no checkpoint at that mark "
                                  f"(epoch={self.mark_epoch(v, steps)}-*.ckpt); pick its runs with --variants "
                                  "and --seeds, or an earlier mark")
             marks[v, seed] = mark
+        if not self.dry_run and not all(self.claim_training(v, seed) for v, seed in marks):
+            raise SystemExit(f"--rerun-from={steps}: another process began training one of these runs; nothing moved")
         stamp = time.strftime("%Y%m%d-%H%M%S")
         for (v, seed), mark in marks.items():
             run = self.sweep.run_dir(v, seed)
@@ -427,6 +467,8 @@ class Runner:
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         with job.log.open("ab") as log:
             job.proc = subprocess.Popen(job.cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+        if job.kind == "train":  # the training itself holds the run, even if this invocation dies first
+            _train_claim_path(self.sweep.run_dir(job.variant, job.seed)).write_text(str(job.proc.pid))
         self.running.append(job)
 
     def finish(self, job: Job) -> None:
@@ -436,6 +478,8 @@ class Runner:
             self.record(job)
         if job.kind == "eval":
             _claim_path(job.checkpoint).unlink(missing_ok=True)  # after the row is written
+        else:
+            _train_claim_path(self.sweep.run_dir(job.variant, job.seed)).unlink(missing_ok=True)
         if rc != 0 and not self.stopping:
             print(f"  failed: see {job.log}", flush=True)
             self.failed.add((job.kind, job.variant, job.seed, job.checkpoint))
@@ -643,8 +687,8 @@ def main() -> None:
                              "long with the same file: a later call with a larger N resumes the runs)")
     parser.add_argument("--rerun-from", type=int, metavar="N",
                         help="set the selected runs back to their checkpoint at the mark N (later checkpoints, logs "
-                             "and CSV rows move to sweep_<name>/replaced/), then train them on from there; stop "
-                             "their training first")
+                             "and CSV rows move to sweep_<name>/replaced/), then train them on from there; refused "
+                             "while a sweep's training of one of them is alive")
     args = parser.parse_args()
     sweep = Sweep.load(args.sweep)
     if args.stop_steps is not None:

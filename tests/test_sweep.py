@@ -4,6 +4,8 @@ table it reads back from ``train.py test``. No training here; the harness's runs
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -184,6 +186,39 @@ def test_rerun_from_a_mark_sets_the_run_back_there_and_keeps_what_it_moves(tmp_p
     assert (s.run_dir("v", 2) / "checkpoints" / "last.ckpt").read_text() == "latest"  # seed 2 not selected
     job = runner.train_job("v", 1)
     assert f"--ckpt_path {run / 'checkpoints' / 'last.ckpt'}" in " ".join(job.cmd)
+
+
+def test_a_run_a_live_training_holds_is_neither_trained_twice_nor_rewound(tmp_path, monkeypatch):
+    """A run whose training claim names a live process (another invocation's training) is left to it: this
+    invocation starts no training of it, and ``--rerun-from`` refuses it before anything moves. Once that process
+    is gone its claim is stale, the run is trained here, and the claim then names this invocation."""
+    monkeypatch.setattr(sw, "RESULTS", tmp_path / "results")
+    s = _sweep(tmp_path, [{"data": {"batch_size": 4096}, "trainer": {"devices": 1}}])
+    runner = sw.Runner(s, parallel=1, dry_run=False, seeds=[1])
+    run = s.run_dir("v", 1)
+    (run / "checkpoints").mkdir(parents=True)
+    name = "epoch=121-agent_steps=499712"
+    (run / "checkpoints" / f"{name}.ckpt").write_text(name)
+    (run / "checkpoints" / "last.ckpt").write_text("latest")
+    monkeypatch.setattr(sw, "_read_ckpt_meta", lambda path: {"epoch": 130})  # short of the 245 epochs of 1M
+    sw.append_row(runner.csv_path, {**{c: "" for c in sw.COLUMNS}, "variant": "v", "seed": 1,
+                                    "checkpoint": f"{name}.ckpt", "agent_steps": 499712})  # judged: no eval job
+    claim = run.parent / "v_s1.train.claim"
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        claim.write_text(str(other.pid))
+        assert runner.next_job() is None
+        with pytest.raises(SystemExit, match=f"v_s1 is being trained by process {other.pid}; stop it first"):
+            runner.rewind(500_000)
+        assert (run / "checkpoints" / "last.ckpt").read_text() == "latest"
+        assert not (run.parent / "replaced").exists()
+    finally:
+        other.kill()
+        other.wait()
+    job = runner.next_job()
+    assert job is not None and job.kind == "train" and job.cmd[job.cmd.index("--ckpt_path") + 1].endswith("last.ckpt")
+    assert claim.read_text() == str(os.getpid())
+    assert sw.Runner(s, parallel=1, dry_run=False, seeds=[1]).next_job() is not None  # same process: its own claim
 
 
 def test_a_csv_from_before_a_column_existed_gains_it_and_keeps_its_rows(tmp_path, monkeypatch):
