@@ -3,11 +3,13 @@ runs: dense 13x13 token grid, a length-1 nn.LSTM per rollout step) against our A
 the first convolution directly, a step on pre-laid-out weights per rollout step), on real aligner observations.
 
     python benchmarks/profile_policy.py [--threads 2] [--ops] [--hidden-sizes 128 256 512]
+    python benchmarks/profile_policy.py --threads 1 --hidden-sizes --widths 128:32,64:128 128:16,32:128
 
 Prints the CPU model and milliseconds per call (median of repeats): our rollout step with each of its
 matrix-product kernels at 16 and 64 agents and the one ``ALIGNER_STEP_KERNEL=auto`` chooses on this machine, the
-network variants at the tutorial width, then our rollout step and training pass for each LSTM hidden size; with
---ops, the top torch-profiler ops of our training pass.
+network variants at the tutorial width, then our rollout step and training pass for each LSTM hidden size (the
+other widths at their defaults) and for each ``--widths`` entry (``hidden:conv1,conv2:encoder``, all widths
+given); with --ops, the top torch-profiler ops of our training pass.
 """
 
 from __future__ import annotations
@@ -50,9 +52,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--ops", action="store_true", help="print the top ops of our training pass")
-    parser.add_argument("--hidden-sizes", type=int, nargs="+", default=[128, 256, 512],
+    parser.add_argument("--hidden-sizes", type=int, nargs="*", default=[128, 256, 512],
                         help="LSTM hidden sizes to time (other widths at their defaults)")
+    parser.add_argument("--widths", nargs="+", default=[], metavar="H:C1,C2:E",
+                        help="whole networks to time: LSTM hidden size, the two convolutions' channels, encoder width "
+                             "(configs/aligner_fast.yaml's: 128:32,64:128)")
     args = parser.parse_args()
+    try:
+        shapes = [dict(hidden_size=int(h), conv_channels=[int(c) for c in conv.split(",")], encoder_width=int(e))
+                  for h, conv, e in (entry.split(":") for entry in args.widths)]
+    except ValueError:
+        parser.error(f"--widths {' '.join(args.widths)}: each entry is hidden:conv1,conv2:encoder, e.g. 128:32,64:128")
     torch.set_num_threads(args.threads)
 
     factory = RolloutDataModule(mission="aligner_tutorial").factory
@@ -108,13 +118,14 @@ def main() -> None:
         ("training fwd+bwd: cogames net", timed(lambda: train_pass(theirs), 3, 1)),
         ("training fwd+bwd: ours", timed(lambda: train_pass(ours), 3, 1)),
     ]
-    for size in args.hidden_sizes:
+    for label, widths in [(f"hidden {size}", dict(hidden_size=size)) for size in args.hidden_sizes] + [
+            (f"{entry}", shape) for entry, shape in zip(args.widths, shapes)]:
         torch.manual_seed(0)
-        net = AlignerPolicy(info, hidden_size=size)
+        net = AlignerPolicy(info, **widths)
         net_state = net.initial_state(16)
         with torch.inference_mode():
-            rows.append((f"hidden {size}: rollout step", timed(lambda: net.step(step_obs, net_state), 7, 50)))
-        rows.append((f"hidden {size}: training fwd+bwd", timed(lambda: train_pass(net), 3, 1)))
+            rows.append((f"{label}: rollout step", timed(lambda: net.step(step_obs, net_state), 7, 50)))
+        rows.append((f"{label}: training fwd+bwd", timed(lambda: train_pass(net), 3, 1)))
     for label, ms in rows:
         print(f"{label:<58} {ms:9.2f} ms")
 
