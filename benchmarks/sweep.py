@@ -194,10 +194,6 @@ def _claim_path(ckpt: Path) -> Path:
     return ckpt.parent.parent / f"eval_{ckpt.stem}.claim"
 
 
-def _train_claim_path(run: Path) -> Path:
-    return run.parent / f"{run.name}.train.claim"
-
-
 def _holder(path: Path) -> int | None:
     """The live process whose pid the claim file ``path`` holds, if any."""
     try:
@@ -324,27 +320,32 @@ class Runner:
         if self.eval_only:
             return None
         for v, seed in order:
-            if not self.busy(v, seed, "train") and not self.train_done(v, seed) and self.claim_training(v, seed):
-                job = self.train_job(v, seed)
-                if job is not None:
-                    return job
-                _train_claim_path(s.run_dir(v, seed)).unlink(missing_ok=True)  # a branch still waiting
+            if self.busy(v, seed, "train") or self.train_done(v, seed):
+                continue
+            if not self.claim_training(v, seed):
+                if (v, seed) not in self.left_to_others:  # said once
+                    self.left_to_others.add((v, seed))
+                    print(f"  {s.run_name(v, seed)}: trained by process {_holder(self.training_claim(v, seed))}; "
+                          "left to it", flush=True)
+                continue
+            job = self.train_job(v, seed)
+            if job is not None:
+                return job
+            self.training_claim(v, seed).unlink(missing_ok=True)  # a branch still waiting for its source
         return None
 
+    def training_claim(self, variant: str, seed: int) -> Path:
+        run = self.sweep.run_dir(variant, seed)
+        return run.parent / f"{run.name}.train.claim"
+
     def claim_training(self, variant: str, seed: int) -> bool:
-        """Whether this invocation may train the run: no other live process holds its training claim (another
-        sweep invocation, or the training it started). Says so once when one does."""
-        claim = _train_claim_path(self.sweep.run_dir(variant, seed))
+        """Takes the run's training claim for this invocation; False while another live process holds it (another
+        sweep invocation, or the training it started). A dry run only looks."""
+        claim = self.training_claim(variant, seed)
         if self.dry_run:
             return _holder(claim) in (None, os.getpid())
         claim.parent.mkdir(parents=True, exist_ok=True)
-        if _claim(claim):
-            return True
-        if (variant, seed) not in self.left_to_others:
-            self.left_to_others.add((variant, seed))
-            print(f"  {claim.name.removesuffix('.train.claim')}: trained by process {_holder(claim)} (its claim "
-                  f"{claim}); left to it", flush=True)
-        return False
+        return _claim(claim)
 
     def mark_epoch(self, variant: str, steps: int) -> int:
         """The epoch of a run's numbered checkpoint at the mark ``steps``."""
@@ -378,8 +379,8 @@ class Runner:
                              f"({self.sweep.eval_every}), since checkpoints exist only there")
         marks = {}
         for v, seed in ((v, seed) for seed in self.seeds for v in self.variants):
-            holder = _holder(_train_claim_path(self.sweep.run_dir(v, seed)))
-            if holder not in (None, os.getpid()):
+            if not self.claim_training(v, seed):  # held from here on, so no training starts while files move
+                holder = _holder(self.training_claim(v, seed))
                 raise SystemExit(f"--rerun-from={steps}: {self.sweep.run_name(v, seed)} is being trained by process "
                                  f"{holder}; stop it first (kill -TERM {holder}, or the sweep that started it)")
             mark = self.mark_checkpoint(v, seed, steps)
@@ -388,8 +389,6 @@ class Runner:
                                  f"(epoch={self.mark_epoch(v, steps)}-*.ckpt); pick its runs with --variants "
                                  "and --seeds, or an earlier mark")
             marks[v, seed] = mark
-        if not self.dry_run and not all(self.claim_training(v, seed) for v, seed in marks):
-            raise SystemExit(f"--rerun-from={steps}: another process began training one of these runs; nothing moved")
         stamp = time.strftime("%Y%m%d-%H%M%S")
         for (v, seed), mark in marks.items():
             run = self.sweep.run_dir(v, seed)
@@ -468,7 +467,7 @@ class Runner:
         with job.log.open("ab") as log:
             job.proc = subprocess.Popen(job.cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
         if job.kind == "train":  # the training itself holds the run, even if this invocation dies first
-            _train_claim_path(self.sweep.run_dir(job.variant, job.seed)).write_text(str(job.proc.pid))
+            self.training_claim(job.variant, job.seed).write_text(str(job.proc.pid))
         self.running.append(job)
 
     def finish(self, job: Job) -> None:
@@ -479,7 +478,7 @@ class Runner:
         if job.kind == "eval":
             _claim_path(job.checkpoint).unlink(missing_ok=True)  # after the row is written
         else:
-            _train_claim_path(self.sweep.run_dir(job.variant, job.seed)).unlink(missing_ok=True)
+            self.training_claim(job.variant, job.seed).unlink(missing_ok=True)
         if rc != 0 and not self.stopping:
             print(f"  failed: see {job.log}", flush=True)
             self.failed.add((job.kind, job.variant, job.seed, job.checkpoint))
